@@ -1,0 +1,50 @@
+# The two commands of the README:
+#   make book   set up .venv (exact pins) and build the HTML book into _build/html
+#   make test   set up .venv and run every check: ruff, unit tests, nbval over every chapter, book build -W
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.birl-installed
+JOBS   ?= 2
+
+.PHONY: setup book test lint unit notebooks build constraints clean
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+build: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo ""
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+book: build
+
+lint: setup
+	$(BIN)/ruff check .
+
+# Unit tests and nbval over every chapter notebook, in one pytest run (one notebook per worker).
+unit: setup
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
+
+notebooks: setup
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval chapters
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
+	$(MAKE) build
+
+constraints:
+	rm -rf /tmp/birl-freeze && $(PYTHON) -m venv /tmp/birl-freeze
+	/tmp/birl-freeze/bin/python -m pip install --quiet -r requirements.txt
+	( echo "# Frozen transitive dependency set (pip freeze of a fresh venv built from requirements.txt)."; \
+	  echo "# Regenerate with: make constraints"; \
+	  /tmp/birl-freeze/bin/python -m pip freeze | sed -e 's/^torch==2.13.0+cpu$$/torch==2.13.0/' ) > constraints.txt
+
+clean:
+	rm -rf _build

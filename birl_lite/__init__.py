@@ -1,0 +1,76 @@
+"""birl_lite: bilevel reinforcement learning from first principles.
+
+The package behind the birl-book Jupyter Book. Every tabular tensor is ``torch.float64``
+(:data:`birl_lite.DTYPE`), whatever torch's default dtype; inputs are converted on entry.
+
+Modules mirror the chapters:
+
+* :mod:`birl_lite.mdp`: :class:`TabularMDP`, builders, gymnasium toy-text -> tabular.
+* :mod:`birl_lite.envs`: :class:`TabularEnv`, a gymnasium env sampling a tabular model.
+* :mod:`birl_lite.soft`: the soft Bellman operator, soft value / policy iteration, policy evaluation.
+* :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
+"""
+
+from ._validation import DTYPE
+from .envs import TabularEnv
+from .mdp import (
+    FOUR_ROOMS_LAYOUT,
+    TabularMDP,
+    TabularTask,
+    four_rooms,
+    from_gymnasium,
+    gridworld,
+    random_mdp,
+    random_reward,
+)
+from .soft import (
+    ConvergenceWarning,
+    SoftVIResult,
+    bellman,
+    entropy,
+    evaluate_policy,
+    expected_return,
+    greedy_policy,
+    q_values,
+    reward_under,
+    soft_bellman,
+    soft_policy_iteration,
+    soft_return,
+    soft_value_iteration,
+    softmax_policy,
+    state_visitation,
+    transition_under,
+    value_iteration,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DTYPE",
+    "FOUR_ROOMS_LAYOUT",
+    "ConvergenceWarning",
+    "SoftVIResult",
+    "TabularEnv",
+    "TabularMDP",
+    "TabularTask",
+    "bellman",
+    "entropy",
+    "evaluate_policy",
+    "expected_return",
+    "four_rooms",
+    "from_gymnasium",
+    "greedy_policy",
+    "gridworld",
+    "q_values",
+    "random_mdp",
+    "random_reward",
+    "reward_under",
+    "soft_bellman",
+    "soft_policy_iteration",
+    "soft_return",
+    "soft_value_iteration",
+    "softmax_policy",
+    "state_visitation",
+    "transition_under",
+    "value_iteration",
+]
