@@ -81,12 +81,14 @@ class TabularEnv(gym.Env):
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start an episode: draw ``s0 ~ rho``. Returns ``(s0, {})``; ``seed`` reseeds ``np_random``."""
         super().reset(seed=seed)
         self._state = _draw(self._rho_cdf, self.np_random)
         self._t = 0
         return self._state, {}
 
     def step(self, action):
+        """Take ``action``: returns ``(s', r[s, a], terminated, truncated, {})`` with ``s' ~ P[s, a, :]``."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
         if not self.action_space.contains(action):
@@ -101,6 +103,7 @@ class TabularEnv(gym.Env):
         return s_next, reward, terminated, truncated, {}
 
     def render(self):
+        """A one-line text description of the current state (``render_mode="ansi"``), else ``None``."""
         if self.render_mode == "ansi":
             return f"state {self._state} (t={self._t})\n"
         return None

@@ -1,6 +1,6 @@
 """Entropy-regularized (soft) dynamic programming on a :class:`~birl_lite.mdp.TabularMDP`.
 
-Math: ``../shared/design/math.md`` section 1 (chapter 1 of the book). With temperature ``tau > 0``
+Math: ``../shared/design/math.md`` section 1 (chapter 1 of the book). With temperature ``tau > 0``::
 
     (T V)(s)  = tau * logsumexp_a( (r(s, a) + gamma * sum_s' P(s'|s, a) V(s')) / tau )       (soft Bellman)
     Q*        = r + gamma P V*,     pi*(a|s) = softmax_a(Q*(s, .) / tau) = exp((Q* - V*) / tau)
