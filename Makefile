@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.birl-installed
 JOBS   ?= 2
 
-.PHONY: setup book test lint unit notebooks build constraints clean
+.PHONY: setup book test lint unit notebooks build browser-test constraints clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,19 @@ unit: setup
 notebooks: setup
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval chapters
 
+# Open every page of _build/html in headless Chromium (Debian's package, installed if missing),
+# offline: links, images, rendered equations; screenshots in _build/screenshots.
+browser-test: setup
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null \
+	  || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+	  || (echo "browser-test needs Chromium: apt-get install chromium (as root)"; exit 1)
+	$(BIN)/python tools/browser_check.py
+
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
 	$(MAKE) build
+	$(MAKE) browser-test
 
 constraints:
 	rm -rf /tmp/birl-freeze && $(PYTHON) -m venv /tmp/birl-freeze
