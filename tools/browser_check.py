@@ -64,7 +64,7 @@ def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ids_of(path: Path) -> frozenset[str]:
     soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
     return frozenset(tag["id"] for tag in soup.find_all(id=True))
@@ -78,7 +78,13 @@ def static_link_problems(root: Path, page: Path) -> list[str]:
     for tag, attr in (("a", "href"), ("img", "src"), ("link", "href"), ("script", "src")):
         for element in soup.find_all(tag):
             target = element.get(attr)
-            if not target or urlparse(target).scheme in {"http", "https", "mailto", "data", "javascript"}:
+            if not target or urlparse(target).scheme in {
+                "http",
+                "https",
+                "mailto",
+                "data",
+                "javascript",
+            }:
                 continue
             url, anchor = urldefrag(target)
             url = urlparse(url).path  # drop ?v=... cache-busting queries
@@ -100,7 +106,9 @@ def main() -> int:
     args = parser.parse_args()
     root = args.html.resolve()
     if not (root / "index.html").exists():
-        sys.exit(f"browser_check: {args.html}/index.html not found; build the book first (make build)")
+        sys.exit(
+            f"browser_check: {args.html}/index.html not found; build the book first (make build)"
+        )
     pages = sorted(
         p for p in root.rglob("*.html") if not p.relative_to(root).parts[0].startswith(("_", "."))
     )
@@ -166,7 +174,9 @@ def main() -> int:
     server.shutdown()
     for url in sorted(set(blocked)):
         problems.append(f"request to another host (the book must work offline): {url}")
-    print(f"browser_check: {len(pages)} pages opened in headless Chromium; screenshots in {os.fspath(args.screenshots)}")
+    print(
+        f"browser_check: {len(pages)} pages opened in headless Chromium; screenshots in {os.fspath(args.screenshots)}"
+    )
     if problems:
         print(f"browser_check: {len(problems)} problem(s):")
         for p in problems:

@@ -5,5 +5,6 @@ on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and return
 """
 
 from .ch01 import check_soft_bellman
+from .ch07 import check_woodbury
 
-__all__ = ["check_soft_bellman"]
+__all__ = ["check_soft_bellman", "check_woodbury"]

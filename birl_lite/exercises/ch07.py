@@ -1,0 +1,66 @@
+"""Checkers for the coding exercises of chapter 7 (implicit differentiation, Nystrom iHVP)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..ihvp import nystrom_woodbury
+
+__all__ = ["check_woodbury"]
+
+
+def _cases(n_cases: int, seed: int):
+    """Random Nystrom blocks ``(C, M, rho, v)`` of random SPD Hessians, ranks 1..n."""
+    gen = torch.Generator().manual_seed(seed)
+    rhos = (1e-2, 0.1, 1.0, 10.0, 50.0)
+    for k in range(n_cases):
+        n = int(torch.randint(3, 25, (1,), generator=gen))
+        rank = int(torch.randint(1, n + 1, (1,), generator=gen))
+        Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+        lam = torch.logspace(-1, 2, n, dtype=torch.float64)
+        H = Q @ torch.diag(lam) @ Q.T
+        H = 0.5 * (H + H.T)
+        K = torch.randperm(n, generator=gen)[:rank]
+        v = torch.randn(n, generator=gen, dtype=torch.float64)
+        yield H[:, K].clone(), H[K][:, K].clone(), rhos[k % len(rhos)], v
+
+
+def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float = 1e-8) -> bool:
+    """Check a reader's Woodbury solve of the damped Nystrom system.
+
+    The reader's function is called as ``fn(C, M, rho, v)`` with ``C [n, k]`` (columns
+    ``H[:, K]`` of a symmetric positive definite ``H``), ``M [k, k]`` (``H[K, K]``), a float
+    ``rho > 0`` and ``v [n]`` (float64). It must return ``u = (C M^{-1} C^T + rho I)^{-1} v``
+    ``[n]`` without forming an ``n x n`` inverse. The expected value is a dense solve; the
+    relative error ``||u - u_ref|| / ||u_ref||`` must be at most ``rtol``. The library's own
+    answer is :func:`birl_lite.ihvp.nystrom_woodbury`.
+
+    Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
+    """
+    for k, (C, M, rho, v) in enumerate(_cases(n_cases, seed)):
+        n, rank = C.shape
+        H_k = C @ torch.linalg.solve(M, C.T)
+        expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + rho * torch.eye(n, dtype=C.dtype), v)
+        library, _ = nystrom_woodbury(C, M, v, rho)
+        assert float((library - expected).norm()) <= rtol * float(expected.norm())
+        try:
+            got = fn(C.clone(), M.clone(), rho, v.clone())
+            got = torch.as_tensor(got, dtype=torch.float64)
+        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
+            print(f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): raised "
+                  f"{type(exc).__name__}: {exc}")
+            return False
+        if got.shape != expected.shape:
+            print(f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected ({n},)")
+            return False
+        err = float((got - expected).norm()) / float(expected.norm())
+        if not math.isfinite(err) or err > rtol:
+            i = int((got - expected).abs().argmax())
+            print(f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): relative error {err:.3e}; "
+                  f"entry {i}: got {float(got[i]):.10g}, expected {float(expected[i]):.10g}")
+            return False
+    print(f"PASS: {n_cases} random cases agree with the dense solve (relative error <= {rtol:g})")
+    return True
