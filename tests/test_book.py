@@ -1,0 +1,75 @@
+"""The book's structure: every chapter is in the table of contents, executed, with exercises,
+solutions, a checker, references that resolve, and the hidden set-up cell first."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+TOC = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+BIB_KEYS = set(re.findall(r"@\w+\{([^,]+),", (ROOT / "references.bib").read_text(encoding="utf-8")))
+CITE = re.compile(r"\{cite(?::[tp])?\}`([^`]+)`")
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _markdown(nb):
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, "no chapter notebooks found"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_in_the_table_of_contents(path):
+    assert f"file: chapters/{path.stem}" in TOC
+
+
+def test_toc_lists_only_existing_files():
+    for name in re.findall(r"file:\s*(\S+)", TOC):
+        assert any((ROOT / f"{name}{ext}").exists() for ext in (".md", ".ipynb")), name
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_is_executed_top_to_bottom(path):
+    counts = [c["execution_count"] for c in _load(path)["cells"] if c["cell_type"] == "code"]
+    assert counts and counts == list(range(1, len(counts) + 1))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_starts_with_hidden_setup_cell(path):
+    first = _load(path)["cells"][0]
+    assert first["cell_type"] == "code"
+    assert "".join(first["source"]).startswith("# birl-book setup cell")
+    assert "remove-cell" in first["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_has_exercises_solutions_checker_and_references(path):
+    nb = _load(path)
+    text = _markdown(nb)
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert re.search(r"^## Exercises", text, re.M), "no '## Exercises' section"
+    assert "{dropdown}" in text, "no solution in a dropdown"
+    assert "birl_lite.exercises" in code, "no exercise checker used"
+    assert re.search(r"^## References", text, re.M), "no '## References' section"
+    keys = {k.strip() for group in CITE.findall(text) for k in group.split(",")}
+    assert keys, "the chapter cites nothing"
+    assert keys <= BIB_KEYS, f"citations missing from references.bib: {sorted(keys - BIB_KEYS)}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_outputs_have_no_errors_or_machine_paths(path):
+    size = path.stat().st_size
+    assert size < 3_000_000, f"{size / 1e6:.1f} MB"
+    for cell in _load(path)["cells"]:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error"
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            assert not re.search(r"(/work/|/tmp/|/root/|/home/)", text), text[:200]
