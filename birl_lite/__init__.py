@@ -8,11 +8,23 @@ Modules mirror the chapters:
 * :mod:`birl_lite.mdp`: :class:`TabularMDP`, builders, gymnasium toy-text -> tabular.
 * :mod:`birl_lite.envs`: :class:`TabularEnv`, a gymnasium env sampling a tabular model.
 * :mod:`birl_lite.soft`: the soft Bellman operator, soft value / policy iteration, policy evaluation.
+* :mod:`birl_lite.hypergradient`: the first-order hypergradient (H1, H2) and reference methods.
+* :mod:`birl_lite.ihvp`: inverse-Hessian-vector products (CG, Neumann, Nystrom), implicit differentiation.
 * :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
 """
 
 from ._validation import DTYPE
 from .envs import TabularEnv
+from .hypergradient import (
+    aid_hypergradient,
+    finite_difference_hypergradient,
+    hypergradient,
+    hyperobjective,
+    logit_hessian,
+    logit_objective,
+    return_hypergradient,
+    unrolled_hypergradient,
+)
 from .mdp import (
     FOUR_ROOMS_LAYOUT,
     TabularMDP,
@@ -53,6 +65,14 @@ __all__ = [
     "TabularEnv",
     "TabularMDP",
     "TabularTask",
+    "aid_hypergradient",
+    "finite_difference_hypergradient",
+    "hypergradient",
+    "hyperobjective",
+    "logit_hessian",
+    "logit_objective",
+    "return_hypergradient",
+    "unrolled_hypergradient",
     "bellman",
     "entropy",
     "evaluate_policy",

@@ -5,6 +5,7 @@ on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and return
 """
 
 from .ch01 import check_soft_bellman
+from .ch03 import check_adjoint, check_h1
 from .ch07 import check_woodbury
 
-__all__ = ["check_soft_bellman", "check_woodbury"]
+__all__ = ["check_adjoint", "check_h1", "check_soft_bellman", "check_woodbury"]
