@@ -9,6 +9,7 @@ Modules mirror the chapters:
 * :mod:`birl_lite.envs`: :class:`TabularEnv`, a gymnasium env sampling a tabular model.
 * :mod:`birl_lite.soft`: the soft Bellman operator, soft value / policy iteration, policy evaluation.
 * :mod:`birl_lite.hypergradient`: the first-order hypergradient (H1, H2) and reference methods.
+* :mod:`birl_lite.problems`, :mod:`birl_lite.model_based`: bilevel problems and M-SoBiRL.
 * :mod:`birl_lite.ihvp`: inverse-Hessian-vector products (CG, Neumann, Nystrom), implicit differentiation.
 * :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
 """
@@ -35,6 +36,8 @@ from .mdp import (
     random_mdp,
     random_reward,
 )
+from .model_based import MSoBiRLConfig, m_sobirl
+from .problems import BilevelProblem, reward_design_problem, synthetic_problem
 from .soft import (
     ConvergenceWarning,
     SoftVIResult,
@@ -60,7 +63,9 @@ __version__ = "0.1.0"
 __all__ = [
     "DTYPE",
     "FOUR_ROOMS_LAYOUT",
+    "BilevelProblem",
     "ConvergenceWarning",
+    "MSoBiRLConfig",
     "SoftVIResult",
     "TabularEnv",
     "TabularMDP",
@@ -71,6 +76,7 @@ __all__ = [
     "hyperobjective",
     "logit_hessian",
     "logit_objective",
+    "m_sobirl",
     "return_hypergradient",
     "unrolled_hypergradient",
     "bellman",
@@ -84,6 +90,7 @@ __all__ = [
     "q_values",
     "random_mdp",
     "random_reward",
+    "reward_design_problem",
     "reward_under",
     "soft_bellman",
     "soft_policy_iteration",
@@ -91,6 +98,7 @@ __all__ = [
     "soft_value_iteration",
     "softmax_policy",
     "state_visitation",
+    "synthetic_problem",
     "transition_under",
     "value_iteration",
 ]

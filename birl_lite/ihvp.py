@@ -45,7 +45,7 @@ from ._validation import DTYPE, as_tensor, check_positive_int, check_real
 __all__ = [
     "HVP",
     "IHVPResult",
-    "HypergradientResult",
+    "ImplicitHypergradientResult",
     "RidgeProblem",
     "ValueNetProblem",
     "make_hvp",
@@ -112,9 +112,7 @@ class _Layout:
             if not isinstance(tree, torch.Tensor):
                 raise TypeError(f"{name} must be a flat tensor, got {type(tree).__name__}")
             if tree.shape != (self.dim,):
-                raise ValueError(
-                    f"{name} must have shape ({self.dim},), got {tuple(tree.shape)}"
-                )
+                raise ValueError(f"{name} must have shape ({self.dim},), got {tuple(tree.shape)}")
             return tree.to(self.dtype)
         if isinstance(tree, torch.Tensor):
             if tree.shape != (self.dim,):
@@ -304,7 +302,9 @@ class _Operator:
                 if not t.is_floating_point():
                     t = t.to(DTYPE)
                 if t.ndim != 1:
-                    raise ValueError(f"{name} must be a flat 1-D tensor, got shape {tuple(t.shape)}")
+                    raise ValueError(
+                        f"{name} must be a flat 1-D tensor, got shape {tuple(t.shape)}"
+                    )
                 self.layout = _Layout(t, name)
                 self.flat_v = t.detach()
                 self.as_dict = False
@@ -642,7 +642,7 @@ _SOLVERS: dict[str, Callable[..., IHVPResult]] = {
 
 
 @dataclass
-class HypergradientResult:
+class ImplicitHypergradientResult:
     """The output of :func:`implicit_hypergradient`.
 
     Attributes:
@@ -667,7 +667,7 @@ def implicit_hypergradient(
     w: Tree,
     solver: str | Callable[..., IHVPResult] = "cg",
     **solver_kwargs,
-) -> HypergradientResult:
+) -> ImplicitHypergradientResult:
     """Implicit-differentiation hypergradient (AID, math.md section 6).
 
         grad F(theta) = grad_theta f - grad^2_{theta w} g  [grad^2_{ww} g]^{-1}  grad_w f,
@@ -688,13 +688,15 @@ def implicit_hypergradient(
             ``rho``, ``generator``...).
 
     Returns:
-        :class:`HypergradientResult` (``.grad`` has the structure of ``theta``).
+        :class:`ImplicitHypergradientResult` (``.grad`` has the structure of ``theta``).
     """
     if not callable(outer_loss) or not callable(inner_loss):
         raise TypeError("outer_loss and inner_loss must be callables (theta, w) -> scalar")
     if isinstance(solver, str):
         if solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(_SOLVERS)} or a callable, got {solver!r}")
+            raise ValueError(
+                f"solver must be one of {sorted(_SOLVERS)} or a callable, got {solver!r}"
+            )
         solve = _SOLVERS[solver]
     elif callable(solver):
         solve = solver
@@ -728,7 +730,7 @@ def implicit_hypergradient(
         tree = th_layout.unflatten(x)
         return x if isinstance(tree, torch.Tensor) else {k: t.clone() for k, t in tree.items()}
 
-    return HypergradientResult(out(grad), out(grad_th_f), out(correction), res, res.n_hvp)
+    return ImplicitHypergradientResult(out(grad), out(grad_th_f), out(correction), res, res.n_hvp)
 
 
 # --------------------------------------------------------------------------------------------
