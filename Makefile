@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.birl-installed
 JOBS   ?= 2
 
-.PHONY: setup book test lint unit notebooks build browser-test constraints clean
+.PHONY: setup book test lint unit notebooks chapter build browser-test constraints clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ browser-test: setup
 	  || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
 	  || (echo "browser-test needs Chromium: apt-get install chromium (as root)"; exit 1)
 	$(BIN)/python tools/browser_check.py
+
+# One chapter's notebook and the unit tests of its modules, e.g.  make chapter CH=03
+chapter: setup
+	$(BIN)/python -m pytest --nbval -m ch$(CH) tests chapters
 
 test: setup
 	$(BIN)/ruff check .

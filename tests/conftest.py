@@ -1,5 +1,43 @@
-"""Shared pytest setup: one torch thread per worker (the suite runs with pytest -n 2)."""
+"""Shared pytest setup.
+
+* One torch thread per worker (the suite runs with ``pytest -n 2``).
+* A marker per chapter (``ch01`` ... ``ch09``) on the chapter's notebook and on the unit tests of the
+  modules it introduces, so that an instructor can run one chapter's checks alone:
+  ``make chapter CH=03``, i.e. ``pytest --nbval -m ch03 tests chapters``.
+"""
 
 import torch
 
 torch.set_num_threads(1)
+
+#: test modules of each chapter (the notebook ``chapters/NN_*.ipynb`` is added automatically)
+CHAPTER_TESTS = {
+    "01": ("test_mdp", "test_soft", "test_envs", "test_exercises"),
+    "02": ("test_problems",),
+    "03": ("test_hypergradient",),
+    "04": ("test_model_based",),
+    "05": ("test_model_free",),
+    "06": ("test_preference",),
+    "07": ("test_ihvp",),
+    "08": ("test_actor_critic",),
+    "09": ("test_experiments",),
+}
+
+
+def pytest_configure(config):
+    for chapter in CHAPTER_TESTS:
+        config.addinivalue_line("markers", f"ch{chapter}: checks of chapter {int(chapter)}")
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    module_to_chapter = {m: ch for ch, mods in CHAPTER_TESTS.items() for m in mods}
+    for item in items:
+        path = item.path
+        if path.suffix == ".ipynb" and path.parent.name == "chapters":
+            chapter = path.name[:2]
+        else:
+            chapter = module_to_chapter.get(path.stem)
+        if chapter is not None:
+            item.add_marker(getattr(pytest.mark, f"ch{chapter}"))
