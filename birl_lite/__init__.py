@@ -10,6 +10,7 @@ Modules mirror the chapters:
 * :mod:`birl_lite.soft`: the soft Bellman operator, soft value / policy iteration, policy evaluation.
 * :mod:`birl_lite.hypergradient`: the first-order hypergradient (H1, H2) and reference methods.
 * :mod:`birl_lite.problems`, :mod:`birl_lite.model_based`: bilevel problems and M-SoBiRL.
+* :mod:`birl_lite.model_free`, :mod:`birl_lite.preference`: SoBiRL from samples, preference learning.
 * :mod:`birl_lite.ihvp`: inverse-Hessian-vector products (CG, Neumann, Nystrom), implicit differentiation.
 * :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
 """
@@ -37,6 +38,7 @@ from .mdp import (
     random_reward,
 )
 from .model_based import MSoBiRLConfig, m_sobirl
+from .model_free import SoBiRLConfig, sampled_hypergradient, sobirl, soft_q_learning
 from .problems import BilevelProblem, reward_design_problem, synthetic_problem
 from .soft import (
     ConvergenceWarning,
@@ -66,6 +68,7 @@ __all__ = [
     "BilevelProblem",
     "ConvergenceWarning",
     "MSoBiRLConfig",
+    "SoBiRLConfig",
     "SoftVIResult",
     "TabularEnv",
     "TabularMDP",
@@ -92,8 +95,11 @@ __all__ = [
     "random_reward",
     "reward_design_problem",
     "reward_under",
+    "sampled_hypergradient",
+    "sobirl",
     "soft_bellman",
     "soft_policy_iteration",
+    "soft_q_learning",
     "soft_return",
     "soft_value_iteration",
     "softmax_policy",

@@ -8,13 +8,17 @@ from .ch01 import check_soft_bellman
 from .ch02 import check_hyperobjective
 from .ch03 import check_adjoint, check_h1
 from .ch04 import check_adjoint_step
+from .ch05 import check_mc_returns
+from .ch06 import check_bradley_terry_loss
 from .ch07 import check_woodbury
 
 __all__ = [
     "check_adjoint",
     "check_adjoint_step",
+    "check_bradley_terry_loss",
     "check_h1",
     "check_hyperobjective",
+    "check_mc_returns",
     "check_soft_bellman",
     "check_woodbury",
 ]

@@ -1,0 +1,332 @@
+"""Preference learning as bilevel RL: exploitation and exploration (chapter 6 of the book).
+
+Math: ``../shared/design/math.md`` sections 2 and 5. A hidden true reward ``r_true(s)`` labels
+comparisons; the designer learns a reward ``r_x(s, a) = x[s]`` (one value per state); the agent
+plays the soft-optimal policy ``pi*_x`` of ``r_x``. The upper level is the Bradley-Terry loss of
+segment pairs *sampled from the current policy* and labelled by the hidden reward:
+
+    f(x, pi) = sum_{s, s'} mu_pi(s) mu_pi(s') l(x_s - x_s'; p(s, s')) + lam/2 ||x||^2,
+    l(z; p) = -p log sigmoid(z) - (1 - p) log sigmoid(-z),   p(s, s') = sigmoid((r_true(s) - r_true(s')) / beta),
+
+with segments of one step (the reward of a segment is the reward of its state) and
+``mu_pi = (1 - gamma) d_pi`` the normalized discounted state visitation of ``pi`` (where the
+policy's trajectories are). ``f`` depends on ``pi`` only through the *data distribution*
+``mu_pi``. (H1) then splits the hypergradient into
+
+* the **direct term** ``grad_x f`` with the data held fixed: fit the labels of the comparisons
+  the current policy produces (exploitation of the data one has);
+* the **policy-dependence term** ``(1/tau) sum G (grad_x Q* - grad_x V*)``: move the reward so
+  that the policy produces comparisons on which the loss is lower, i.e. pairs of states whose true
+  rewards differ and are ranked right; that pushes the visitation to spread over states of
+  different value (exploration, math.md section 5).
+
+:func:`train` runs gradient descent with the full hypergradient or the direct term alone, and
+records state coverage, the true return of ``pi*_x`` and the loss; ``python -m
+birl_lite.preference --seeds 0 1 2 3 4 --out results/exploration`` runs the seed sweep of the
+chapter into one JSON file per seed (atomic writes; finished seeds are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._validation import DTYPE, as_tensor, check_positive_int, check_real, check_tau
+from .hypergradient import hypergradient, upper_gradients
+from .mdp import TabularTask, gridworld
+from .problems import BilevelProblem
+from .soft import expected_return
+
+__all__ = [
+    "bradley_terry_loss",
+    "PreferenceProblem",
+    "preference_problem",
+    "HypergradientSplit",
+    "hypergradient_split",
+    "PreferenceHistory",
+    "train",
+    "run_seed",
+    "main",
+]
+
+
+def bradley_terry_loss(z, p) -> torch.Tensor:
+    """Cross-entropy of the Bradley-Terry model: ``-p log sigmoid(z) - (1 - p) log sigmoid(-z)``.
+
+    Stable for any ``z`` (``softplus``): ``p softplus(-z) + (1 - p) softplus(z)``.
+
+    Args:
+        z: the learned reward difference ``R_x(sigma_1) - R_x(sigma_2)`` (any shape).
+        p: the probability that ``sigma_1`` is preferred (same shape, in ``[0, 1]``).
+
+    Returns:
+        the elementwise loss (same shape).
+    """
+    z = as_tensor(z, "z")
+    p = as_tensor(p, "p")
+    return p * torch.nn.functional.softplus(-z) + (1.0 - p) * torch.nn.functional.softplus(z)
+
+
+@dataclass(frozen=True)
+class PreferenceProblem:
+    """A tabular preference-learning (RLHF-like) bilevel problem (module docstring).
+
+    Attributes:
+        task: the map (dynamics; ``task.r`` is not used).
+        r_true: the hidden true state reward ``[S]``.
+        tau: the agent's temperature; lam: ridge weight on ``x``.
+        label_beta: temperature of the labels, ``p = sigmoid(delta r_true / label_beta)``.
+        x0: the initial learned reward ``[S]``.
+        name: a description.
+    """
+
+    task: TabularTask
+    r_true: torch.Tensor
+    tau: float
+    lam: float
+    label_beta: float
+    x0: torch.Tensor
+    name: str = "preference learning"
+
+    def __post_init__(self) -> None:
+        S = self.task.mdp.n_states
+        for attr in ("r_true", "x0"):
+            v = as_tensor(getattr(self, attr), attr).detach().clone()
+            if tuple(v.shape) != (S,):
+                raise ValueError(f"{attr} must have shape [S] = [{S}], got {tuple(v.shape)}")
+            object.__setattr__(self, attr, v)
+        object.__setattr__(self, "tau", check_tau(self.tau))
+        lam = check_real(self.lam, "lam")
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        object.__setattr__(self, "label_beta", check_tau(self.label_beta))
+
+    @property
+    def mdp(self):
+        """The dynamics."""
+        return self.task.mdp
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``p[s, s'] = sigmoid((r_true(s) - r_true(s')) / label_beta)`` ``[S, S]``."""
+        return torch.sigmoid((self.r_true[:, None] - self.r_true[None, :]) / self.label_beta)
+
+    def reward_fn(self, x: torch.Tensor) -> torch.Tensor:
+        """``r_x(s, a) = x[s]`` ``[S, A]``."""
+        return x.unsqueeze(1).expand(-1, self.mdp.n_actions)
+
+    def visitation(self, pi: torch.Tensor) -> torch.Tensor:
+        """``mu_pi = (1 - gamma) (I - gamma P_pi^T)^{-1} rho`` ``[S]`` (differentiable in ``pi``)."""
+        mdp = self.mdp
+        P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
+        eye = torch.eye(mdp.n_states, dtype=DTYPE)
+        return (1.0 - mdp.gamma) * torch.linalg.solve(eye - mdp.gamma * P_pi.T, mdp.rho)
+
+    def loss(self, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """The expected Bradley-Terry loss of pairs drawn from ``mu`` (without the ridge), 0-dim."""
+        z = x[:, None] - x[None, :]
+        return mu @ bradley_terry_loss(z, self.labels) @ mu
+
+    def upper_fn(self, x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """``f(x, pi)``: expected loss of on-policy pairs plus ``lam/2 ||x||^2`` (module docstring)."""
+        return self.loss(x, self.visitation(pi)) + 0.5 * self.lam * torch.dot(x, x)
+
+    def bilevel(self) -> BilevelProblem:
+        """The problem as a :class:`~birl_lite.problems.BilevelProblem` (autograd derivatives)."""
+        return BilevelProblem(self.mdp, self.reward_fn, self.upper_fn, self.x0, self.tau,
+                              name=self.name)
+
+
+def preference_problem(
+    seed: int = 0,
+    *,
+    size: int = 5,
+    gamma: float = 0.9,
+    tau: float = 0.1,
+    lam: float = 1e-3,
+    label_beta: float = 0.5,
+    misleading: float = 1.0,
+) -> PreferenceProblem:
+    """A preference-learning instance on an open ``size x size`` grid (no terminal state).
+
+    The agent starts in the top-left corner. The hidden reward (drawn from ``seed``) is a smooth
+    bump around a random cell of the far half of the grid plus small noise: the good states are
+    far from the start. The initial learned reward ``x0`` is *misleading*: ``misleading`` times a
+    bump on the start corner (the data the designer began with told it the start was best);
+    ``misleading = 0`` starts from ``x0 = 0`` (a uniform policy).
+
+    Returns:
+        :class:`PreferenceProblem`.
+    """
+    size = check_positive_int(size, "size", 2)
+    rng = np.random.default_rng([check_positive_int(seed, "seed", 0), 6])
+    layout = ["#" * (size + 2)] + ["#" + "." * size + "#" for _ in range(size)] + ["#" * (size + 2)]
+    layout[1] = "#S" + "." * (size - 1) + "#"
+    task = gridworld(layout, gamma=gamma, slip=0.1, name=f"open {size}x{size} grid")
+    cells = np.asarray(task.cells, dtype=float) - 1.0  # (row, col) from 0
+    far = [(i, j) for i in range(size) for j in range(size) if i + j >= size]
+    gi, gj = far[int(rng.integers(len(far)))]
+    dist2 = (cells[:, 0] - gi) ** 2 + (cells[:, 1] - gj) ** 2
+    r_true = np.exp(-dist2 / 2.0) + 0.1 * rng.standard_normal(len(cells))
+    start2 = cells[:, 0] ** 2 + cells[:, 1] ** 2
+    x0 = check_real(misleading, "misleading") * np.exp(-start2 / 2.0)
+    return PreferenceProblem(
+        task=task,
+        r_true=torch.as_tensor(r_true, dtype=DTYPE),
+        tau=tau,
+        lam=lam,
+        label_beta=label_beta,
+        x0=torch.as_tensor(x0, dtype=DTYPE),
+        name=f"preference learning on the {task.name} (seed {seed})",
+    )
+
+
+@dataclass
+class HypergradientSplit:
+    """``grad phi = direct + policy`` at ``x`` (math.md section 5).
+
+    Attributes:
+        full: ``grad phi(x)`` (H1) ``[n]``; direct: ``grad_x f`` with the data distribution held
+            fixed ``[n]``; policy: ``full - direct``, the part flowing through ``pi*_x`` ``[n]``.
+        phi: ``f(x, pi*_x)``; loss: the expected Bradley-Terry loss alone (0-dim).
+        pi: ``pi*_x`` ``[S, A]``; mu: its normalized visitation ``[S]``; V: ``V*_x`` ``[S]``.
+    """
+
+    full: torch.Tensor
+    direct: torch.Tensor
+    policy: torch.Tensor
+    phi: torch.Tensor
+    loss: torch.Tensor
+    pi: torch.Tensor
+    mu: torch.Tensor
+    V: torch.Tensor
+
+
+def hypergradient_split(problem: PreferenceProblem, x, V0=None) -> HypergradientSplit:
+    """The exact (model-based) hypergradient (H1) and its direct / policy-dependence split."""
+    x = as_tensor(x, "x").detach()
+    res = hypergradient(problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau,
+                        form="H1", V0=V0)
+    _, direct, _ = upper_gradients(problem.upper_fn, x, res.pi)
+    mu = problem.visitation(res.pi)
+    return HypergradientSplit(
+        full=res.grad, direct=direct, policy=res.grad - direct, phi=res.phi,
+        loss=problem.loss(x, mu).detach(), pi=res.pi, mu=mu, V=res.V,
+    )
+
+
+@dataclass
+class PreferenceHistory:
+    """Per-iterate records of :func:`train` (lists of floats, ``k = 0..n_iter``).
+
+    Attributes:
+        coverage: effective number of states visited, ``exp(entropy(mu_k)) / S`` in ``(0, 1]``.
+        true_return: return of ``pi*_{x_k}`` under the hidden reward, normalized to ``[0, 1]``
+            between the worst and the best state (``(1 - gamma) J / ...``).
+        loss: expected Bradley-Terry loss of on-policy pairs ``f(x_k, pi*_{x_k})`` without ridge.
+        phi: ``f`` with the ridge.
+        policy_share: ``||policy term|| / (||direct|| + ||policy term||)``.
+    """
+
+    coverage: list = field(default_factory=list)
+    true_return: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    phi: list = field(default_factory=list)
+    policy_share: list = field(default_factory=list)
+
+
+def _record(hist: PreferenceHistory, problem: PreferenceProblem, split: HypergradientSplit) -> None:
+    mu = split.mu.clamp_min(1e-300)
+    S = problem.mdp.n_states
+    hist.coverage.append(float(torch.exp(-(mu * mu.log()).sum())) / S)
+    r = problem.r_true
+    J = float(expected_return(problem.mdp, split.pi, problem.reward_fn(r))) * (1 - problem.mdp.gamma)
+    lo, hi = float(r.min()), float(r.max())
+    hist.true_return.append((J - lo) / (hi - lo))
+    hist.loss.append(float(split.loss))
+    hist.phi.append(float(split.phi))
+    nd, npol = float(split.direct.norm()), float(split.policy.norm())
+    hist.policy_share.append(npol / max(nd + npol, 1e-300))
+
+
+def train(
+    problem: PreferenceProblem, method: str = "full", *, beta: float = 2.0, n_iter: int = 100
+) -> tuple[torch.Tensor, PreferenceHistory]:
+    """Gradient descent on ``phi`` with the full hypergradient or the direct term alone.
+
+    ``x_{k+1} = x_k - beta h_k`` with ``h_k = direct + policy`` (``method="full"``) or
+    ``h_k = direct`` (``method="direct"``: refit the reward to the comparisons of the current
+    policy, ignoring that moving the reward moves the data). Exact split at every step.
+
+    Returns:
+        ``(x_K, history)``.
+    """
+    if method not in ("full", "direct"):
+        raise ValueError(f"method must be 'full' or 'direct', got {method!r}")
+    beta = check_real(beta, "beta")
+    n_iter = check_positive_int(n_iter, "n_iter", 0)
+    x = problem.x0.clone()
+    hist = PreferenceHistory()
+    V = None
+    for k in range(n_iter + 1):
+        split = hypergradient_split(problem, x, V0=V)
+        V = split.V
+        _record(hist, problem, split)
+        if k == n_iter:
+            break
+        h = split.full if method == "full" else split.direct
+        x = x - beta * h
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"train diverged at step {k} (beta={beta:g})")
+    return x, hist
+
+
+def run_seed(seed: int, *, n_iter: int = 150, beta: float = 2.0, misleading: float = 1.0,
+             size: int = 5) -> dict:
+    """Both methods on the instance of ``seed``; a JSON-serializable dict of their histories."""
+    problem = preference_problem(seed, size=size, misleading=misleading)
+    out = {"seed": seed, "n_iter": n_iter, "beta": beta, "misleading": misleading, "size": size,
+           "tau": problem.tau, "lam": problem.lam, "label_beta": problem.label_beta}
+    for method in ("full", "direct"):
+        _, hist = train(problem, method, beta=beta, n_iter=n_iter)
+        out[method] = {k: getattr(hist, k) for k in ("coverage", "true_return", "loss", "phi",
+                                                      "policy_share")}
+    return out
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: the chapter 6 seed sweep, one JSON file per seed and setting (resumable)."""
+    parser = argparse.ArgumentParser(description="Preference learning: full hypergradient vs direct term")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=Path("results/exploration"))
+    parser.add_argument("--n-iter", type=int, default=150)
+    parser.add_argument("--beta", type=float, default=2.0)
+    parser.add_argument("--misleading", type=float, nargs="+", default=[1.0, 0.0],
+                        help="strengths of the misleading initial reward (0: neutral start)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for m in args.misleading:
+        for seed in args.seeds:
+            path = args.out / f"misleading{m:g}_seed{seed}.json"
+            if path.exists():
+                print(f"skip {path.name} (done)")
+                continue
+            _write_atomic(path, run_seed(seed, n_iter=args.n_iter, beta=args.beta, misleading=m))
+            print(f"wrote {path.name}")
+
+
+if __name__ == "__main__":
+    main()
