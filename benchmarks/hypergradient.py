@@ -151,7 +151,7 @@ def run_case(family: str, S: int, quick: bool) -> dict:
     if row["unrolled"] is not None:
         K_star = row["unrolled"][0]
         warm = []
-        for K in sorted({max(1, round(K_star / 2 ** 0.25)), K_star}):
+        for K in sorted({max(1, round(K_star / 2**0.25)), K_star}):
             t, out = timed(lambda K=K: unrolled_hypergradient(mdp, rf, uf, x, TAU, K, V0=V_warm), 1)
             warm.append((K, t, rel(out.grad, ref)))
         ok = [w for w in warm if w[2] <= TARGET_ERR]
@@ -181,7 +181,14 @@ def main() -> None:
     t_start = time.perf_counter()
 
     if args.quick:
-        cases = [("dense", 10), ("dense", 100), ("dense", 1000), ("ring", 10), ("ring", 100), ("ring", 300)]
+        cases = [
+            ("dense", 10),
+            ("dense", 100),
+            ("dense", 1000),
+            ("ring", 10),
+            ("ring", 100),
+            ("ring", 300),
+        ]
     else:
         cases = [(f, S) for f in ("dense", "ring") for S in (10, 100, 1000)]
     rows = []
@@ -190,23 +197,35 @@ def main() -> None:
         print(f"  done {family} S={S} ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     print()
-    print(f"A = {A}, n = {N}, gamma = {GAMMA}, tau = {TAU}; time (min over repeats), relative error "
-          "vs the high-precision reference")
-    head = (f"{'family':6s} {'S':>5s} | {'first-order H2 (PI)':>21s} | {'first-order H1 (PI)':>21s} | "
-            f"{'H2 with VI forward':>21s} | {'unrolled at 1e-6':>27s} | {'finite differences':>21s} | "
-            f"{'AID (Hessian, pinv)':>21s}")
+    print(
+        f"A = {A}, n = {N}, gamma = {GAMMA}, tau = {TAU}; time (min over repeats), relative error "
+        "vs the high-precision reference"
+    )
+    head = (
+        f"{'family':6s} {'S':>5s} | {'first-order H2 (PI)':>21s} | {'first-order H1 (PI)':>21s} | "
+        f"{'H2 with VI forward':>21s} | {'unrolled at 1e-6':>27s} | {'finite differences':>21s} | "
+        f"{'AID (Hessian, pinv)':>21s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         un = r["unrolled"]
-        un_s = f"{'> k_max':>27s}" if un is None else f"K={un[0]:<5d}{un[1] * 1e3:9.1f} ms {un[2]:7.1e}"
-        print(f"{r['family']:6s} {r['S']:5d} | {fmt(r['H2'])} | {fmt(r['H1'])} | {fmt(r.get('H2_vi'))} | "
-              f"{un_s} | {fmt(r.get('FD'))} | {fmt(r.get('AID'))}")
+        un_s = (
+            f"{'> k_max':>27s}"
+            if un is None
+            else f"K={un[0]:<5d}{un[1] * 1e3:9.1f} ms {un[2]:7.1e}"
+        )
+        print(
+            f"{r['family']:6s} {r['S']:5d} | {fmt(r['H2'])} | {fmt(r['H1'])} | {fmt(r.get('H2_vi'))} | "
+            f"{un_s} | {fmt(r.get('FD'))} | {fmt(r.get('AID'))}"
+        )
 
     print()
     print("Ratios (measured side by side in this run):")
-    print(f"{'family':6s} {'S':>5s} | {'unrolled / first-order':>22s} | {'AID / first-order':>17s} | "
-          f"{'FD / first-order':>16s} | {'forward solve':>13s} | {'beyond forward':>14s} | {'beyond / fwd':>12s}")
+    print(
+        f"{'family':6s} {'S':>5s} | {'unrolled / first-order':>22s} | {'AID / first-order':>17s} | "
+        f"{'FD / first-order':>16s} | {'forward solve':>13s} | {'beyond forward':>14s} | {'beyond / fwd':>12s}"
+    )
     summary = {}
     warm_ratios = {}
     for r in rows:
@@ -219,21 +238,31 @@ def main() -> None:
         summary[(r["family"], r["S"])] = (ratio_un, beyond, un)
         unw = r.get("unrolled_warm")
         warm_ratios[(r["family"], r["S"])] = unw[1] / r["H2_warm"][0] if unw else float("nan")
-        print(f"{r['family']:6s} {r['S']:5d} | {ratio_un:22.1f} | {ratio_aid:17.1f} | {ratio_fd:16.1f} | "
-              f"{r['H2_forward'] * 1e3:10.1f} ms | {r['H2_beyond'] * 1e3:11.1f} ms | {beyond:12.2f}")
+        print(
+            f"{r['family']:6s} {r['S']:5d} | {ratio_un:22.1f} | {ratio_aid:17.1f} | {ratio_fd:16.1f} | "
+            f"{r['H2_forward'] * 1e3:10.1f} ms | {r['H2_beyond'] * 1e3:11.1f} ms | {beyond:12.2f}"
+        )
     print()
-    print("Warm-started forward solve (V0 = V* at x + 0.01 u, as inside an outer loop), both methods:")
-    print(f"{'family':6s} {'S':>5s} | {'first-order H2 (PI)':>21s} | {'Newton steps':>12s} | "
-          f"{'unrolled warm: K, time, error':>40s} | {'ratio':>6s}")
+    print(
+        "Warm-started forward solve (V0 = V* at x + 0.01 u, as inside an outer loop), both methods:"
+    )
+    print(
+        f"{'family':6s} {'S':>5s} | {'first-order H2 (PI)':>21s} | {'Newton steps':>12s} | "
+        f"{'unrolled warm: K, time, error':>40s} | {'ratio':>6s}"
+    )
     for r in rows:
         unw_all = r.get("unrolled_warm_all", [])
         unw_s = ", ".join(f"K={K} {t * 1e3:.1f} ms {e:.1e}" for K, t, e in unw_all) or "-"
         ratio = warm_ratios[(r["family"], r["S"])]
-        print(f"{r['family']:6s} {r['S']:5d} | {fmt(r['H2_warm'])} | {r['H2_warm_newton']:12d} | "
-              f"{unw_s:>40s} | {ratio:6.1f}")
+        print(
+            f"{r['family']:6s} {r['S']:5d} | {fmt(r['H2_warm'])} | {r['H2_warm_newton']:12d} | "
+            f"{unw_s:>40s} | {ratio:6.1f}"
+        )
     print()
-    print("AID is skipped where the S*A x S*A Hessian is too large for this machine's time budget "
-          "(S*A > 1000; > 100 with --quick); FD and VI-forward are skipped at S = 1000 with --quick.")
+    print(
+        "AID is skipped where the S*A x S*A Hessian is too large for this machine's time budget "
+        "(S*A > 1000; > 100 with --quick); FD and VI-forward are skipped at S = 1000 with --quick."
+    )
     print(f"total time {time.perf_counter() - t_start:.0f} s")
 
     parts = []

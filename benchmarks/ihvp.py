@@ -56,14 +56,17 @@ def budget_table(repeats: int, n_draws: int) -> dict:
     v = torch.randn(hvp.dim, generator=torch.Generator().manual_seed(3), dtype=D)
     u_true = ihvp_exact(H.__matmul__, v, rho=rho).u
     alpha = 1.0 / (float(eig[-1]) + rho)
-    print(f"value network: d = {hvp.dim}, lambda in [{float(eig[0]):.3f}, {float(eig[-1]):.3f}], "
-          f"rho = {rho:g}, Neumann alpha = 1/(lambda_max + rho)")
+    print(
+        f"value network: d = {hvp.dim}, lambda in [{float(eig[0]):.3f}, {float(eig[-1]):.3f}], "
+        f"rho = {rho:g}, Neumann alpha = 1/(lambda_max + rho)"
+    )
     _, t_exact = timed(lambda: ihvp_exact(hvp, v, rho=rho), max(1, repeats // 3))
     rows = {}
     for m in (5, 10, 20):
         res_cg, t_cg = timed(lambda m=m: ihvp_cg(hvp, v, max_iter=m, rho=rho, tol=0.0), repeats)
-        res_ne, t_ne = timed(lambda m=m: ihvp_neumann(hvp, v, n_terms=m, alpha=alpha, rho=rho),
-                             repeats)
+        res_ne, t_ne = timed(
+            lambda m=m: ihvp_neumann(hvp, v, n_terms=m, alpha=alpha, rho=rho), repeats
+        )
         ny_errs, ny_times = [], []
         for s in range(n_draws):
             gen_seed = 1000 * m + s
@@ -81,15 +84,21 @@ def budget_table(repeats: int, n_draws: int) -> dict:
             "Neumann": (rel_err(res_ne.u, u_true), t_ne),
             "Nystrom": (statistics.median(ny_errs), statistics.median(ny_times)),
         }
-    print(f"\n{'HVPs':>5} {'solver':<9}{'rel. error':>12}{'ms/call':>10}{'time/CG':>9}"
-          f"{'error/CG':>10}")
+    print(
+        f"\n{'HVPs':>5} {'solver':<9}{'rel. error':>12}{'ms/call':>10}{'time/CG':>9}"
+        f"{'error/CG':>10}"
+    )
     for m, row in rows.items():
         for name, (err, t) in row.items():
-            print(f"{m:>5} {name:<9}{err:>12.2e}{1e3 * t:>10.2f}{t / row['CG'][1]:>9.2f}"
-                  f"{err / row['CG'][0]:>10.2g}")
-    print(f"(exact dense reference: {hvp.dim} HVPs + eigh, {1e3 * t_exact:.1f} ms/call, "
-          f"{t_exact / rows[20]['CG'][1]:.0f}x CG with 20 HVPs; Nystrom error: median of "
-          f"{n_draws} column draws)")
+            print(
+                f"{m:>5} {name:<9}{err:>12.2e}{1e3 * t:>10.2f}{t / row['CG'][1]:>9.2f}"
+                f"{err / row['CG'][0]:>10.2g}"
+            )
+    print(
+        f"(exact dense reference: {hvp.dim} HVPs + eigh, {1e3 * t_exact:.1f} ms/call, "
+        f"{t_exact / rows[20]['CG'][1]:.0f}x CG with 20 HVPs; Nystrom error: median of "
+        f"{n_draws} column draws)"
+    )
     return rows
 
 
@@ -111,18 +120,26 @@ def indefinite_trials(n_trials: int, budget: int = 20, rho: float = 1e-3) -> dic
             "CG": ihvp_cg(op, v, max_iter=budget, rho=rho).u,
             "Neumann": ihvp_neumann(op, v, n_terms=budget, alpha=alpha, rho=rho).u,
             "Nystrom (plain solve)": ihvp_nystrom(
-                op, v, rank=budget, rho=rho, safeguard="none",
-                generator=torch.Generator().manual_seed(t)).u,
+                op,
+                v,
+                rank=budget,
+                rho=rho,
+                safeguard="none",
+                generator=torch.Generator().manual_seed(t),
+            ).u,
             "Nystrom (eigh safeguard)": ihvp_nystrom(
-                op, v, rank=budget, rho=rho, generator=torch.Generator().manual_seed(t)).u,
+                op, v, rank=budget, rho=rho, generator=torch.Generator().manual_seed(t)
+            ).u,
         }
         bound = float(v.norm()) / rho
         for name, u in outs.items():
             finite = bool(torch.isfinite(u).all())
             non_finite[name] += not finite
             above[name] += finite and float(u.norm()) > bound * (1 + 1e-12)
-    print(f"\n{n_trials} random indefinite trials (d in 20..60, 3 ignored coordinates, "
-          f"rho = {rho:g}, {budget} HVPs each)")
+    print(
+        f"\n{n_trials} random indefinite trials (d in 20..60, 3 ignored coordinates, "
+        f"rho = {rho:g}, {budget} HVPs each)"
+    )
     print(f"{'solver':<26}{'non-finite':>11}{'finite, ||u|| > ||v||/rho':>28}")
     for name in names:
         print(f"{name:<26}{non_finite[name]:>11d}{above[name]:>28d}")

@@ -139,20 +139,32 @@ def main() -> None:
     f = final.history.f
     first = int(torch.nonzero(f - 1.0 <= 1e-4)[0])
 
-    print(f"M-SoBiRL on the synthetic problem (seed {args.seed}: S=10, A=5, n=100, gamma=0.5, tau=1, "
-          "beta=8e-3, zeta=0.5, N=10), one thread")
+    print(
+        f"M-SoBiRL on the synthetic problem (seed {args.seed}: S=10, A=5, n=100, gamma=0.5, tau=1, "
+        "beta=8e-3, zeta=0.5, N=10), one thread"
+    )
     print(f"{'implementation':44s}{'us / iteration':>16s}{'ratio to ours':>16s}")
     print(f"{'birl_lite m_sobirl (amortized)':44s}{t_ours * 1e6:16.1f}{1.0:16.2f}")
-    print(f"{'birl_lite m_sobirl (exact variant)':44s}{t_exact * 1e6:16.1f}{t_exact / t_ours:16.2f}")
-    print(f"{'straightforward torch, authors style':44s}{t_base * 1e6:16.1f}{t_base / t_ours:16.1f}")
+    print(
+        f"{'birl_lite m_sobirl (exact variant)':44s}{t_exact * 1e6:16.1f}{t_exact / t_ours:16.2f}"
+    )
+    print(
+        f"{'straightforward torch, authors style':44s}{t_base * 1e6:16.1f}{t_base / t_ours:16.1f}"
+    )
     print("reference figures (other runs): published code 12.7-13.1 ms, tight numpy 39-41 us")
-    print(f"max |x_k(ours) - x_k(authors style)| over {n_base + 1} iterates: {max_diff:.2e} "
-          f"(max |x| = {scale:.1f})")
-    print(f"first iteration with f - 1 <= 1e-4: {first}; f - 1 after {n_ours}: {float(f[-1] - 1):.1e}")
-    print(f"RESULT m_sobirl: {t_ours * 1e6:.1f} us/iteration (target <= 130), "
-          f"{t_base / t_ours:.0f}x faster than the straightforward implementation measured here "
-          f"({t_base * 1e3:.2f} ms), {12.7e-3 / t_ours:.0f}x faster than the published code's "
-          f"reference 12.7 ms, max iterate difference {max_diff:.1e}")
+    print(
+        f"max |x_k(ours) - x_k(authors style)| over {n_base + 1} iterates: {max_diff:.2e} "
+        f"(max |x| = {scale:.1f})"
+    )
+    print(
+        f"first iteration with f - 1 <= 1e-4: {first}; f - 1 after {n_ours}: {float(f[-1] - 1):.1e}"
+    )
+    print(
+        f"RESULT m_sobirl: {t_ours * 1e6:.1f} us/iteration (target <= 130), "
+        f"{t_base / t_ours:.0f}x faster than the straightforward implementation measured here "
+        f"({t_base * 1e3:.2f} ms), {12.7e-3 / t_ours:.0f}x faster than the published code's "
+        f"reference 12.7 ms, max iterate difference {max_diff:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,12 +42,20 @@ def main() -> None:
 
     exact = return_hypergradient(mdp, reward_fn, r_U, x, tau)
     env = bl.TabularEnv(mdp, r_U)
-    variants = (("full, TD critic", "td", "full"), ("full, MC critic", "mc", "full"),
-                ("truncated", "td", "truncated"))
-    print(f"random MDP S={S} A={A} gamma={gamma} tau={tau}, x in R^{n}, f = -J_U; "
-          f"median relative error over {n_seeds} seeds")
-    print(f"{'estimator':<18}" + "".join(f"{'N=' + format(N, ','):>14}" for N in sizes)
-          + f"{'slope':>9}{'err ratio 1e3/1e5':>19}{'us/transition':>15}")
+    variants = (
+        ("full, TD critic", "td", "full"),
+        ("full, MC critic", "mc", "full"),
+        ("truncated", "td", "truncated"),
+    )
+    print(
+        f"random MDP S={S} A={A} gamma={gamma} tau={tau}, x in R^{n}, f = -J_U; "
+        f"median relative error over {n_seeds} seeds"
+    )
+    print(
+        f"{'estimator':<18}"
+        + "".join(f"{'N=' + format(N, ','):>14}" for N in sizes)
+        + f"{'slope':>9}{'err ratio 1e3/1e5':>19}{'us/transition':>15}"
+    )
     slopes = {}
     for label, critic, estimator in variants:
         med = []
@@ -56,18 +64,33 @@ def main() -> None:
             errs = []
             for seed in range(n_seeds):
                 t0 = time.perf_counter()
-                est = sampled_hypergradient(env, reward_fn, x, tau, gamma, exact.pi, N,
-                                            critic=critic, estimator=estimator, seed=seed)
+                est = sampled_hypergradient(
+                    env,
+                    reward_fn,
+                    x,
+                    tau,
+                    gamma,
+                    exact.pi,
+                    N,
+                    critic=critic,
+                    estimator=estimator,
+                    seed=seed,
+                )
                 seconds += time.perf_counter() - t0
                 count += est.n_transitions
                 errs.append(float((est.grad - exact.grad).norm() / exact.grad.norm()))
             med.append(float(np.median(errs)))
         slope = float(np.polyfit(np.log10(sizes), np.log10(med), 1)[0])
         slopes[label] = slope
-        print(f"{label:<18}" + "".join(f"{m:>14.4f}" for m in med)
-              + f"{slope:>9.2f}{med[0] / med[-1]:>19.1f}{1e6 * seconds / count:>15.1f}")
-    print(f"RESULT full-estimator (TD critic) error slope {slopes['full, TD critic']:.2f} "
-          f"(theory -0.50); truncated slope {slopes['truncated']:.2f} (bias floor)")
+        print(
+            f"{label:<18}"
+            + "".join(f"{m:>14.4f}" for m in med)
+            + f"{slope:>9.2f}{med[0] / med[-1]:>19.1f}{1e6 * seconds / count:>15.1f}"
+        )
+    print(
+        f"RESULT full-estimator (TD critic) error slope {slopes['full, TD critic']:.2f} "
+        f"(theory -0.50); truncated slope {slopes['truncated']:.2f} (bias floor)"
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,9 @@ def _check_mdp(mdp) -> TabularMDP:
 def _check_x(x) -> torch.Tensor:
     x = as_tensor(x, "x").detach()
     if x.ndim != 1:
-        raise ValueError(f"x must be a 1-D tensor of upper-level variables [n], got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be a 1-D tensor of upper-level variables [n], got shape {tuple(x.shape)}"
+        )
     if x.numel() == 0:
         raise ValueError("x must have at least one entry")
     check_finite(x, "x")
@@ -181,7 +183,9 @@ def _call_reward(reward_fn: RewardFn, x: torch.Tensor, mdp: TabularMDP) -> torch
         raise TypeError(f"reward_fn(x) must return a torch.Tensor [S, A], got {type(r).__name__}")
     S, A = mdp.n_states, mdp.n_actions
     if tuple(r.shape) != (S, A):
-        raise ValueError(f"reward_fn(x) must return shape [S, A] = [{S}, {A}], got {tuple(r.shape)}")
+        raise ValueError(
+            f"reward_fn(x) must return shape [S, A] = [{S}, {A}], got {tuple(r.shape)}"
+        )
     if not r.is_floating_point():
         raise TypeError(f"reward_fn(x) must return a floating-point tensor, got dtype {r.dtype}")
     check_finite(r.detach(), "reward_fn(x)")
@@ -211,7 +215,9 @@ def _quiet_torch_jit():
     """Silence torch's own DeprecationWarning about ``torch.jit.script``, which its forward-mode
     autograd emits once per process while loading its decompositions (not about our code)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
+        )
         yield
 
 
@@ -530,8 +536,14 @@ def return_hypergradient(
     bracket = dr_dx + mdp.gamma * mdp.expect_next(dV_c) - dV_c.unsqueeze(1) - (1.0 - mdp.gamma) * m
     grad = -torch.einsum("s,sa,sa,san->n", d, pi, weight, bracket) / tau
     phi = -(mdp.rho @ V_U)
-    info = {"d": d, "Q_U": Q_U, "dV_dx": dV_dx, "dQ_dx": dQ_dx, "forward_residual": fwd_residual,
-            "forward_iterations": sol.n_iter}
+    info = {
+        "d": d,
+        "Q_U": Q_U,
+        "dV_dx": dV_dx,
+        "dQ_dx": dQ_dx,
+        "forward_residual": fwd_residual,
+        "forward_iterations": sol.n_iter,
+    }
     return HypergradientResult(grad, phi, sol.V.detach(), sol.Q.detach(), pi, dr_dx, info)
 
 
@@ -669,7 +681,12 @@ def finite_difference_hypergradient(
 
 
 def _logit_objective(
-    P: torch.Tensor, gamma: float, rho: torch.Tensor, r: torch.Tensor, tau: float, logits: torch.Tensor
+    P: torch.Tensor,
+    gamma: float,
+    rho: torch.Tensor,
+    r: torch.Tensor,
+    tau: float,
+    logits: torch.Tensor,
 ) -> torch.Tensor:
     """Pure-torch soft return of ``softmax(logits)`` (no data-dependent checks: torch.func safe)."""
     S, A = r.shape
@@ -702,7 +719,9 @@ def logit_objective(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
         raise ValueError(f"r must have shape [S, A] = [{S}, {A}], got {tuple(r.shape)}")
     logits = as_tensor(logits, "logits")
     if logits.numel() != S * A or logits.ndim not in (1, 2):
-        raise ValueError(f"logits must have shape [S, A] = [{S}, {A}] or [S*A], got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape [S, A] = [{S}, {A}] or [S*A], got {tuple(logits.shape)}"
+        )
     return _logit_objective(mdp.P, mdp.gamma, mdp.rho, r, tau, logits)
 
 
@@ -824,7 +843,9 @@ def aid_hypergradient(
     if method == "pinv":
         lam = evals + damping
         keep = lam.abs() > rcond * max(float(lam.abs().max()), 1e-300)
-        inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
+        inv = torch.where(
+            keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
+        )
         u = evecs @ (inv * (evecs.T @ df_dth))
     else:
         try:

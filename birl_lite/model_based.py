@@ -380,9 +380,7 @@ def _true_gradients(problem: BilevelProblem, history, xs, cfg, x_last):
     phis, norms = [], []
     V = None
     for xk in xs:
-        res = hypergradient(
-            problem.mdp, problem.reward_fn, problem.upper_fn, xk, problem.tau, V0=V
-        )
+        res = hypergradient(problem.mdp, problem.reward_fn, problem.upper_fn, xk, problem.tau, V0=V)
         V = res.V
         phis.append(float(res.phi))
         norms.append(float(res.grad.norm()))

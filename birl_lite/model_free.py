@@ -79,8 +79,8 @@ from ._validation import (
     check_tau,
 )
 from .envs import TabularEnv
+from .hypergradient import RewardFn, UpperFn, upper_gradients
 from .hypergradient import reward_jacobian as _autograd_jacobian
-from .hypergradient import upper_gradients
 
 __all__ = [
     "discrete_spaces",
@@ -105,8 +105,6 @@ __all__ = [
     "sobirl",
 ]
 
-RewardFn = Callable[[torch.Tensor], torch.Tensor]
-UpperFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _TERMINAL = ("absorbing", "zero")
 _CRITICS = ("mc", "td")
@@ -296,7 +294,9 @@ def sample_transitions(env, pi, n_transitions: int, gamma: float, *, seed=0) -> 
     gamma = check_gamma(gamma)
     walker = _Walker(env, 1.0 - gamma, _rng(seed))
     rng = walker.rng
-    cols: dict[str, list] = {k: [] for k in ("s", "a", "s_next", "a_next", "reward", "term", "trunc", "end")}
+    cols: dict[str, list] = {
+        k: [] for k in ("s", "a", "s_next", "a_next", "reward", "term", "trunc", "end")
+    }
     s = walker.reset()
     a = _draw(cdf[s], rng.random())
     count = 0
@@ -397,15 +397,17 @@ def soft_q_update(
     """
     gamma = batch.gamma
     V_term = (
-        _absorbing_values(r, tau, gamma)
-        if terminal == "absorbing"
-        else np.zeros(batch.n_states)
+        _absorbing_values(r, tau, gamma) if terminal == "absorbing" else np.zeros(batch.n_states)
     )
     omega, amin = step_size.omega, step_size.alpha_min
     extra = batch.reward.tolist() if env_reward else [0.0] * len(batch)
     for s, a, s2, term, re in zip(
-        batch.s.tolist(), batch.a.tolist(), batch.s_next.tolist(), batch.terminated.tolist(),
-        extra, strict=True,
+        batch.s.tolist(),
+        batch.a.tolist(),
+        batch.s_next.tolist(),
+        batch.terminated.tolist(),
+        extra,
+        strict=True,
     ):
         if term:
             v2 = float(V_term[s2])
@@ -669,7 +671,9 @@ def fit_critic(
     # per-state gradient value of the absorbing state entered at termination
     if terminal == "absorbing" and bool(batch.terminated.any()):
         if r is None:
-            raise ValueError("fit_critic needs r (the designed reward [S, A]) for absorbing terminals")
+            raise ValueError(
+                "fit_critic needs r (the designed reward [S, A]) for absorbing terminals"
+            )
         r_np = _table(r, S, A, "r")
         z = r_np / tau
         pabs = np.exp(z - z.max(axis=1, keepdims=True))
@@ -707,7 +711,8 @@ def fit_critic(
         table_t = base_t.clone()
         scale = max(1.0, float(base_t.abs().max()) / (1.0 - gamma))
         max_sweeps = (
-            int(math.ceil(50.0 / (1.0 - gamma))) if max_sweeps is None
+            int(math.ceil(50.0 / (1.0 - gamma)))
+            if max_sweeps is None
             else check_positive_int(max_sweeps, "max_sweeps")
         )
         wcol = w.unsqueeze(1)
@@ -901,8 +906,17 @@ def sampled_hypergradient(
     dr = reward_jacobian(x) if reward_jacobian is not None else _autograd_jacobian(reward_fn, x)
     batch = sample_transitions(env, pi, n_transitions, gamma, seed=seed)
     return hypergradient_from_batch(
-        batch, pi, x, tau, r, dr, upper_fn=upper_fn, return_weight=return_weight,
-        critic=critic, estimator=estimator, terminal=terminal,
+        batch,
+        pi,
+        x,
+        tau,
+        r,
+        dr,
+        upper_fn=upper_fn,
+        return_weight=return_weight,
+        critic=critic,
+        estimator=estimator,
+        terminal=terminal,
     )
 
 
@@ -1058,8 +1072,14 @@ class SoBiRLConfig:
         beta = check_real(self.beta, "beta")
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"beta must be a finite number > 0, got {beta}")
-        for name, minimum in (("n_transitions", 1), ("max_iter", 0), ("n_lower", 1),
-                              ("buffer_size", 1), ("warmup_transitions", 0), ("seed", 0)):
+        for name, minimum in (
+            ("n_transitions", 1),
+            ("max_iter", 0),
+            ("n_lower", 1),
+            ("buffer_size", 1),
+            ("warmup_transitions", 0),
+            ("seed", 0),
+        ):
             object.__setattr__(self, name, check_positive_int(getattr(self, name), name, minimum))
         _check_choice(self.lower, "lower", _LOWERS)
         _check_choice(self.critic, "critic", _CRITICS)
@@ -1156,7 +1176,9 @@ def sobirl(
         valid = {f.name for f in dataclasses.fields(SoBiRLConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
-            raise TypeError(f"unknown hyperparameter(s) {unknown}; valid: {', '.join(sorted(valid))}")
+            raise TypeError(
+                f"unknown hyperparameter(s) {unknown}; valid: {', '.join(sorted(valid))}"
+            )
         cfg = dataclasses.replace(cfg, **overrides)
     env, tau, gamma = problem.env, problem.tau, problem.gamma
     S, A = discrete_spaces(env)
@@ -1174,8 +1196,16 @@ def sobirl(
     r = designed(x)
     if cfg.warmup_transitions > 0:
         warm = soft_q_learning(
-            env, r, tau, gamma, cfg.warmup_transitions, Q0=Q, step_size=step, behaviour="uniform",
-            terminal=problem.terminal, env_reward=problem.env_reward_in_lower,
+            env,
+            r,
+            tau,
+            gamma,
+            cfg.warmup_transitions,
+            Q0=Q,
+            step_size=step,
+            behaviour="uniform",
+            terminal=problem.terminal,
+            env_reward=problem.env_reward_in_lower,
             seed=[cfg.seed, 2**20],
         )
         Q = warm.Q.numpy().copy()
@@ -1191,8 +1221,16 @@ def sobirl(
         batch = sample_transitions(env, pi, cfg.n_transitions, gamma, seed=[cfg.seed, k])
         total += len(batch)
         est = hypergradient_from_batch(
-            batch, pi, x, tau, r, problem.dr_dx(x), upper_fn=problem.upper_fn,
-            return_weight=problem.return_weight, critic=cfg.critic, estimator=cfg.estimator,
+            batch,
+            pi,
+            x,
+            tau,
+            r,
+            problem.dr_dx(x),
+            upper_fn=problem.upper_fn,
+            return_weight=problem.return_weight,
+            critic=cfg.critic,
+            estimator=cfg.estimator,
             terminal=problem.terminal,
         )
         h = est.grad
@@ -1209,12 +1247,23 @@ def sobirl(
         if cfg.lower == "q_learning":
             for _ in range(cfg.n_lower):
                 soft_q_update(
-                    Q, counts, replay, r, tau, step, terminal=problem.terminal,
+                    Q,
+                    counts,
+                    replay,
+                    r,
+                    tau,
+                    step,
+                    terminal=problem.terminal,
                     env_reward=problem.env_reward_in_lower,
                 )
         else:
             Q = fitted_soft_q_iteration(
-                Q, replay, r, tau, cfg.n_lower, terminal=problem.terminal,
+                Q,
+                replay,
+                r,
+                tau,
+                cfg.n_lower,
+                terminal=problem.terminal,
                 env_reward=problem.env_reward_in_lower,
             )
         t_h.append(time.perf_counter() - t0)
@@ -1236,6 +1285,10 @@ def sobirl(
     )
     Qt = torch.as_tensor(Q, dtype=DTYPE)
     return SoBiRLResult(
-        x=x, Q=Qt, pi=torch.softmax(Qt / tau, dim=1), n_iter=cfg.max_iter, history=history,
+        x=x,
+        Q=Qt,
+        pi=torch.softmax(Qt / tau, dim=1),
+        n_iter=cfg.max_iter,
+        history=history,
         config=cfg,
     )

@@ -139,8 +139,9 @@ class PreferenceProblem:
 
     def bilevel(self) -> BilevelProblem:
         """The problem as a :class:`~birl_lite.problems.BilevelProblem` (autograd derivatives)."""
-        return BilevelProblem(self.mdp, self.reward_fn, self.upper_fn, self.x0, self.tau,
-                              name=self.name)
+        return BilevelProblem(
+            self.mdp, self.reward_fn, self.upper_fn, self.x0, self.tau, name=self.name
+        )
 
 
 def preference_problem(
@@ -211,13 +212,20 @@ class HypergradientSplit:
 def hypergradient_split(problem: PreferenceProblem, x, V0=None) -> HypergradientSplit:
     """The exact (model-based) hypergradient (H1) and its direct / policy-dependence split."""
     x = as_tensor(x, "x").detach()
-    res = hypergradient(problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau,
-                        form="H1", V0=V0)
+    res = hypergradient(
+        problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau, form="H1", V0=V0
+    )
     _, direct, _ = upper_gradients(problem.upper_fn, x, res.pi)
     mu = problem.visitation(res.pi)
     return HypergradientSplit(
-        full=res.grad, direct=direct, policy=res.grad - direct, phi=res.phi,
-        loss=problem.loss(x, mu).detach(), pi=res.pi, mu=mu, V=res.V,
+        full=res.grad,
+        direct=direct,
+        policy=res.grad - direct,
+        phi=res.phi,
+        loss=problem.loss(x, mu).detach(),
+        pi=res.pi,
+        mu=mu,
+        V=res.V,
     )
 
 
@@ -246,7 +254,9 @@ def _record(hist: PreferenceHistory, problem: PreferenceProblem, split: Hypergra
     S = problem.mdp.n_states
     hist.coverage.append(float(torch.exp(-(mu * mu.log()).sum())) / S)
     r = problem.r_true
-    J = float(expected_return(problem.mdp, split.pi, problem.reward_fn(r))) * (1 - problem.mdp.gamma)
+    J = float(expected_return(problem.mdp, split.pi, problem.reward_fn(r))) * (
+        1 - problem.mdp.gamma
+    )
     lo, hi = float(r.min()), float(r.max())
     hist.true_return.append((J - lo) / (hi - lo))
     hist.loss.append(float(split.loss))
@@ -287,16 +297,26 @@ def train(
     return x, hist
 
 
-def run_seed(seed: int, *, n_iter: int = 150, beta: float = 2.0, misleading: float = 1.0,
-             size: int = 5) -> dict:
+def run_seed(
+    seed: int, *, n_iter: int = 150, beta: float = 2.0, misleading: float = 1.0, size: int = 5
+) -> dict:
     """Both methods on the instance of ``seed``; a JSON-serializable dict of their histories."""
     problem = preference_problem(seed, size=size, misleading=misleading)
-    out = {"seed": seed, "n_iter": n_iter, "beta": beta, "misleading": misleading, "size": size,
-           "tau": problem.tau, "lam": problem.lam, "label_beta": problem.label_beta}
+    out = {
+        "seed": seed,
+        "n_iter": n_iter,
+        "beta": beta,
+        "misleading": misleading,
+        "size": size,
+        "tau": problem.tau,
+        "lam": problem.lam,
+        "label_beta": problem.label_beta,
+    }
     for method in ("full", "direct"):
         _, hist = train(problem, method, beta=beta, n_iter=n_iter)
-        out[method] = {k: getattr(hist, k) for k in ("coverage", "true_return", "loss", "phi",
-                                                      "policy_share")}
+        out[method] = {
+            k: getattr(hist, k) for k in ("coverage", "true_return", "loss", "phi", "policy_share")
+        }
     return out
 
 
@@ -308,13 +328,20 @@ def _write_atomic(path: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: the chapter 6 seed sweep, one JSON file per seed and setting (resumable)."""
-    parser = argparse.ArgumentParser(description="Preference learning: full hypergradient vs direct term")
+    parser = argparse.ArgumentParser(
+        description="Preference learning: full hypergradient vs direct term"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=Path("results/exploration"))
     parser.add_argument("--n-iter", type=int, default=150)
     parser.add_argument("--beta", type=float, default=2.0)
-    parser.add_argument("--misleading", type=float, nargs="+", default=[1.0, 0.0],
-                        help="strengths of the misleading initial reward (0: neutral start)")
+    parser.add_argument(
+        "--misleading",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.0],
+        help="strengths of the misleading initial reward (0: neutral start)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from ._validation import (
     check_real,
     check_tau,
 )
+from .hypergradient import RewardFn, UpperFn
 from .mdp import TabularMDP, TabularTask, four_rooms, random_mdp
 from .soft import soft_policy_iteration, state_visitation, transition_under
 
@@ -49,9 +50,6 @@ __all__ = [
     "reward_design_problem",
     "shaping_features",
 ]
-
-RewardFn = Callable[[torch.Tensor], torch.Tensor]
-UpperFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,9 @@ class BilevelProblem:
             raise TypeError(f"reward_fn must return a torch.Tensor, got {type(r).__name__}")
         S, A = self.mdp.n_states, self.mdp.n_actions
         if tuple(r.shape) != (S, A):
-            raise ValueError(f"reward_fn must return shape [S, A] = [{S}, {A}], got {tuple(r.shape)}")
+            raise ValueError(
+                f"reward_fn must return shape [S, A] = [{S}, {A}], got {tuple(r.shape)}"
+            )
         check_finite(r.detach(), "reward_fn(x)")
         return r
 
@@ -165,7 +165,9 @@ class BilevelProblem:
             J = self.reward_jacobian(x)
             if not isinstance(J, torch.Tensor) or tuple(J.shape) != (S, A, n):
                 got = tuple(J.shape) if isinstance(J, torch.Tensor) else type(J).__name__
-                raise ValueError(f"reward_jacobian must return shape [S, A, n] = [{S}, {A}, {n}], got {got}")
+                raise ValueError(
+                    f"reward_jacobian must return shape [S, A, n] = [{S}, {A}, {n}], got {got}"
+                )
             J_auto = torch.func.jacrev(self.reward_fn)(x)
             _close(J, J_auto, rtol, "reward_jacobian(x)", "autograd of reward_fn")
         if self.upper_value_and_grad is not None:
@@ -384,7 +386,9 @@ def reward_design_problem(
         kind = "custom"
         states = None
         if feats.ndim != 3 or tuple(feats.shape[:2]) != (S, A):
-            raise ValueError(f"features must have shape [S, A, n] = [{S}, {A}, n], got {tuple(feats.shape)}")
+            raise ValueError(
+                f"features must have shape [S, A, n] = [{S}, {A}, n], got {tuple(feats.shape)}"
+            )
         check_finite(feats, "features")
     n = feats.shape[-1]
     lam = check_real(lam, "lam")

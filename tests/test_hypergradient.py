@@ -65,7 +65,9 @@ def make_case(k):
     else:  # x and pi coupled nonlinearly
 
         def upper_fn(z, pi):
-            return torch.log1p((pi * c).sum() ** 2) * torch.cos(z).sum() + (pi[:, 0] * z.sum()).mean()
+            return (
+                torch.log1p((pi * c).sum() ** 2) * torch.cos(z).sum() + (pi[:, 0] * z.sum()).mean()
+            )
 
     return mdp, reward_fn, upper_fn, x, tau
 
@@ -101,9 +103,14 @@ def test_unrolled_truncation_error_decays_geometrically():
     dense, reward_fn, upper_fn, x, tau = make_case(5)
     S, A = dense.n_states, dense.n_actions
     # a slowly mixing ("sticky") MDP: stay with probability 0.9, else move as in the dense one
-    sticky = TabularMDP(0.9 * torch.eye(S, dtype=D).unsqueeze(1).expand(S, A, S) + 0.1 * dense.P, 0.9)
+    sticky = TabularMDP(
+        0.9 * torch.eye(S, dtype=D).unsqueeze(1).expand(S, A, S) + 0.1 * dense.P, 0.9
+    )
     h2 = hypergradient(sticky, reward_fn, upper_fn, x, tau)
-    errs = [rel(unrolled_hypergradient(sticky, reward_fn, upper_fn, x, tau, K).grad, h2.grad) for K in (20, 40, 80)]
+    errs = [
+        rel(unrolled_hypergradient(sticky, reward_fn, upper_fn, x, tau, K).grad, h2.grad)
+        for K in (20, 40, 80)
+    ]
     assert errs[0] > errs[1] > errs[2] > 0
     assert errs[2] < 1e-2 * errs[0]
     # the rate is at most gamma per sweep (here about gamma * 0.9 = 0.81)
@@ -117,7 +124,14 @@ def test_exact_and_iterative_solvers_agree(k):
     for form in ("H1", "H2"):
         for forward in ("policy_iteration", "value_iteration"):
             h = hypergradient(
-                mdp, reward_fn, upper_fn, x, tau, form=form, linear_solver="iterative", forward=forward
+                mdp,
+                reward_fn,
+                upper_fn,
+                x,
+                tau,
+                form=form,
+                linear_solver="iterative",
+                forward=forward,
             )
             assert rel(h.grad, ref.grad) <= 1e-9, (form, forward)
     hi = hypergradient(mdp, reward_fn, upper_fn, x, tau, linear_solver="iterative")
@@ -133,10 +147,16 @@ def test_h1_intermediates_match_finite_differences():
         e[i] = eps
         sp = soft_policy_iteration(mdp, reward_fn(x + e), tau, tol=1e-13)
         sm = soft_policy_iteration(mdp, reward_fn(x - e), tau, tol=1e-13)
-        torch.testing.assert_close(h1.info["dV_dx"][:, i], (sp.V - sm.V) / (2 * eps), rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(h1.info["dQ_dx"][..., i], (sp.Q - sm.Q) / (2 * eps), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            h1.info["dV_dx"][:, i], (sp.V - sm.V) / (2 * eps), rtol=1e-6, atol=1e-7
+        )
+        torch.testing.assert_close(
+            h1.info["dQ_dx"][..., i], (sp.Q - sm.Q) / (2 * eps), rtol=1e-6, atol=1e-7
+        )
     # dV/dx is the policy evaluation of the vector reward grad_x r
-    torch.testing.assert_close(h1.info["dV_dx"], evaluate_policy(mdp, h1.pi, h1.dr_dx), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        h1.info["dV_dx"], evaluate_policy(mdp, h1.pi, h1.dr_dx), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_upper_fn_without_x_dependence():
@@ -165,7 +185,9 @@ def test_upper_fn_without_pi_dependence_is_the_direct_gradient():
 @pytest.mark.parametrize("k", [0, 3, 6, 9])
 def test_return_hypergradient_visitation_form(k):
     mdp, reward_fn, _, x, tau = make_case(k)
-    r_U = torch.as_tensor(np.random.default_rng(k).uniform(size=(mdp.n_states, mdp.n_actions)), dtype=D)
+    r_U = torch.as_tensor(
+        np.random.default_rng(k).uniform(size=(mdp.n_states, mdp.n_actions)), dtype=D
+    )
     h = hypergradient(mdp, reward_fn, lambda z, pi: -expected_return(mdp, pi, r_U), x, tau)
     for use_advantage in (True, False):
         g = return_hypergradient(mdp, reward_fn, r_U, x, tau, use_advantage=use_advantage)
@@ -203,7 +225,9 @@ def test_reward_jacobian_modes_agree():
 
     ref = torch.autograd.functional.jacobian(fn, x)
     torch.testing.assert_close(reward_jacobian(fn, x), ref)  # n = 8 > S*A = 6: reverse mode
-    torch.testing.assert_close(reward_jacobian(lambda z: fn(z)[:, :1].expand(3, 2) * 1.0, x).shape, ref.shape)
+    torch.testing.assert_close(
+        reward_jacobian(lambda z: fn(z)[:, :1].expand(3, 2) * 1.0, x).shape, ref.shape
+    )
 
     def not_functorch(z):  # calls .item(): torch.func cannot trace it, the fallback can
         return torch.sin(W @ z) * float(z.sum().item() ** 0)
@@ -301,7 +325,9 @@ def test_logit_hessian_matches_finite_differences():
     for i in range(6):
         e = torch.zeros(6, dtype=D)
         e[i] = eps
-        torch.testing.assert_close(H[:, i], (grad_at(theta + e) - grad_at(theta - e)) / (2 * eps), rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(
+            H[:, i], (grad_at(theta + e) - grad_at(theta - e)) / (2 * eps), rtol=1e-6, atol=1e-8
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from birl_lite.ihvp import (
 D = torch.float64
 
 # torch's forward-mode AD (backend="func") warns once about its own use of torch.jit.script
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
 
 
 def random_spd(n: int, seed: int, cond: float = 100.0) -> torch.Tensor:
@@ -147,8 +149,10 @@ def test_neumann_converges_for_alpha_below_two_over_lambda_max(seed):
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=D)
     ref = torch.linalg.solve(H, v)
     lam_max = float(torch.linalg.eigvalsh(H)[-1])
-    errs = [rel(ihvp_neumann(matvec(H), v, n_terms=m, alpha=1.0 / lam_max).u, ref)
-            for m in (10, 50, 400)]
+    errs = [
+        rel(ihvp_neumann(matvec(H), v, n_terms=m, alpha=1.0 / lam_max).u, ref)
+        for m in (10, 50, 400)
+    ]
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-10
     # alpha close to 2 / lambda_max still converges (slower); beyond it the series diverges
     ok = ihvp_neumann(matvec(H), v, n_terms=800, alpha=1.9 / lam_max)
@@ -175,12 +179,19 @@ def test_nystrom_exact_when_rank_equals_dimension(seed):
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=D)
     for rho in (1e-2, 1.0, 50.0):
         ref = torch.linalg.solve(H + rho * torch.eye(n, dtype=D), v)
-        res = ihvp_nystrom(matvec(H), v, rank=n, rho=rho,
-                           generator=torch.Generator().manual_seed(seed))
+        res = ihvp_nystrom(
+            matvec(H), v, rank=n, rho=rho, generator=torch.Generator().manual_seed(seed)
+        )
         assert res.n_hvp == n and res.info["rank_kept"] == n
         assert rel(res.u, ref) < 1e-10
-        plain = ihvp_nystrom(matvec(H), v, rank=n, rho=rho, safeguard="none",
-                             generator=torch.Generator().manual_seed(seed))
+        plain = ihvp_nystrom(
+            matvec(H),
+            v,
+            rank=n,
+            rho=rho,
+            safeguard="none",
+            generator=torch.Generator().manual_seed(seed),
+        )
         assert rel(plain.u, ref) < 1e-8
 
 
@@ -240,8 +251,14 @@ def test_nystrom_never_nan_on_indefinite_or_singular_h():
             n_nonfinite_safe += not ok
             # the safeguarded core has weights in [0, 1): ||u|| <= ||v|| / rho
             assert float(res.u.norm()) <= float(v.norm()) / 1e-3 * (1 + 1e-12)
-            plain = ihvp_nystrom(matvec(H), v, rank=rank, rho=1e-3, safeguard="none",
-                                 generator=torch.Generator().manual_seed(seed))
+            plain = ihvp_nystrom(
+                matvec(H),
+                v,
+                rank=rank,
+                rho=1e-3,
+                safeguard="none",
+                generator=torch.Generator().manual_seed(seed),
+            )
             n_nonfinite_plain += not bool(torch.isfinite(plain.u).all())
     assert n_nonfinite_safe == 0
     assert n_nonfinite_plain > 0  # the unguarded formula does break: the safeguard matters
@@ -309,8 +326,13 @@ def test_clear_errors():
         ihvp_nystrom(op, v, rank=2, rho=1.0, safeguard="magic")
     with pytest.raises(ValueError, match="solver"):
         pb = ridge_problem(dim=3)
-        implicit_hypergradient(pb.outer_loss, pb.inner_loss, torch.zeros(3, dtype=D),
-                               torch.zeros(3, dtype=D), solver="lu")
+        implicit_hypergradient(
+            pb.outer_loss,
+            pb.inner_loss,
+            torch.zeros(3, dtype=D),
+            torch.zeros(3, dtype=D),
+            solver="lu",
+        )
 
 
 def test_dict_vectors_in_dict_out():
@@ -318,10 +340,12 @@ def test_dict_vectors_in_dict_out():
     hvp = pb.hvp()
     v_flat = hvp.grad.clone()
     v_dict = hvp.unflatten(v_flat)
-    for solve, kw in ((ihvp_cg, {"max_iter": 5}),
-                      (ihvp_neumann, {"n_terms": 5, "alpha": 0.01}),
-                      (ihvp_nystrom, {"rank": 5, "rho": 1.0}),
-                      (ihvp_exact, {})):
+    for solve, kw in (
+        (ihvp_cg, {"max_iter": 5}),
+        (ihvp_neumann, {"n_terms": 5, "alpha": 0.01}),
+        (ihvp_nystrom, {"rank": 5, "rho": 1.0}),
+        (ihvp_exact, {}),
+    ):
         kw = dict(kw, rho=kw.get("rho", 1.0))
         gen = {"generator": torch.Generator().manual_seed(0)} if solve is ihvp_nystrom else {}
         a = solve(hvp, v_flat, **kw, **gen)
@@ -342,19 +366,23 @@ def test_ridge_closed_form_and_implicit_hypergradient_match_finite_differences()
     theta = torch.linspace(-2.0, 1.0, 6, dtype=D)
     closed = pb.hypergradient(theta)
     eps = 1e-5
-    fd = torch.stack([
-        (pb.hyperobjective(theta + eps * e) - pb.hyperobjective(theta - eps * e)) / (2 * eps)
-        for e in torch.eye(6, dtype=D)
-    ])
+    fd = torch.stack(
+        [
+            (pb.hyperobjective(theta + eps * e) - pb.hyperobjective(theta - eps * e)) / (2 * eps)
+            for e in torch.eye(6, dtype=D)
+        ]
+    )
     assert rel(closed, fd) < 1e-7
     w = pb.w_star(theta)
-    for solver, kw in (("exact", {}), ("cg", {"max_iter": 50, "tol": 1e-14}),
-                       ("nystrom", {"rank": 6, "rho": 1e-12})):
+    for solver, kw in (
+        ("exact", {}),
+        ("cg", {"max_iter": 50, "tol": 1e-14}),
+        ("nystrom", {"rank": 6, "rho": 1e-12}),
+    ):
         res = implicit_hypergradient(pb.outer_loss, pb.inner_loss, theta, w, solver=solver, **kw)
         assert rel(res.grad, closed) < 1e-8, solver
         assert torch.allclose(res.grad, res.direct - res.correction)
-    approx = implicit_hypergradient(pb.outer_loss, pb.inner_loss, theta, w, solver="cg",
-                                    max_iter=2)
+    approx = implicit_hypergradient(pb.outer_loss, pb.inner_loss, theta, w, solver="cg", max_iter=2)
     assert rel(approx.grad, closed) > 1e-6 and approx.n_hvp == 2
 
 

@@ -57,7 +57,9 @@ def reference_m_sobirl(problem, beta, zeta, n_sweeps, n_adjoint_steps, max_iter,
             V = soft_policy_iteration(mdp, r_of(x), tau, V, tol=1e-13).V
         else:
             for _ in range(n_sweeps):
-                V = tau * torch.logsumexp((r_of(x) + gamma * torch.einsum("sat,t->sa", P, V)) / tau, dim=1)
+                V = tau * torch.logsumexp(
+                    (r_of(x) + gamma * torch.einsum("sat,t->sa", P, V)) / tau, dim=1
+                )
         xs.append(x.clone())
     return torch.stack(xs)
 
@@ -226,7 +228,9 @@ def test_bad_problems_give_clear_errors():
         m_sobirl(p, x0=torch.zeros(3))
     with pytest.raises(ValueError, match="w0"):
         m_sobirl(p, w0=torch.zeros(4))
-    bad_r = BilevelProblem(p.mdp, lambda x: torch.zeros(3, 5, dtype=D) * x.sum(), p.upper_fn, p.x0, 1.0)
+    bad_r = BilevelProblem(
+        p.mdp, lambda x: torch.zeros(3, 5, dtype=D) * x.sum(), p.upper_fn, p.x0, 1.0
+    )
     with pytest.raises(ValueError, match="reward_fn"):
         m_sobirl(bad_r, max_iter=2)
     bad_f = BilevelProblem(p.mdp, p.reward_fn, lambda x, pi: pi.sum(1), p.x0, 1.0)

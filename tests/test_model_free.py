@@ -45,6 +45,7 @@ def _rel(a, b):
 def test_rejects_continuous_spaces_and_non_envs():
     with pytest.raises(ValueError, match="Discrete observation space"):
         discrete_spaces(gym.make("CartPole-v1"))
+
     class BoxActions(gym.Env):
         observation_space = gym.spaces.Discrete(3)
         action_space = gym.spaces.Box(-1.0, 1.0, (1,))
@@ -61,7 +62,9 @@ def test_rejects_continuous_spaces_and_non_envs():
 def test_sampling_is_seeded_and_samples_the_visitation():
     mdp, r_U, _, _ = _random_problem()
     env = bl.TabularEnv(mdp, r_U)
-    pi = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64), 1)
+    pi = torch.softmax(
+        torch.randn(6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64), 1
+    )
     b1 = sample_transitions(env, pi, 20000, mdp.gamma, seed=7)
     b2 = sample_transitions(env, pi, 20000, mdp.gamma, seed=7)
     b3 = sample_transitions(env, pi, 20000, mdp.gamma, seed=8)
@@ -132,8 +135,10 @@ def test_sampled_hypergradient_converges_to_exact_return_form():
     err = {}
     for N in (1000, 100_000):
         errs = [
-            _rel(sampled_hypergradient(env, reward_fn, x, tau, mdp.gamma, exact.pi, N, seed=s).grad,
-                 exact.grad)
+            _rel(
+                sampled_hypergradient(env, reward_fn, x, tau, mdp.gamma, exact.pi, N, seed=s).grad,
+                exact.grad,
+            )
             for s in range(2)
         ]
         err[N] = float(np.mean(errs))
@@ -148,8 +153,17 @@ def test_sampled_hypergradient_converges_to_exact_return_form():
 def test_monte_carlo_critic_is_consistent():
     mdp, r_U, reward_fn, x = _random_problem()
     exact = return_hypergradient(mdp, reward_fn, r_U, x, 0.5)
-    est = sampled_hypergradient(bl.TabularEnv(mdp, r_U), reward_fn, x, 0.5, mdp.gamma, exact.pi,
-                                100_000, critic="mc", seed=1)
+    est = sampled_hypergradient(
+        bl.TabularEnv(mdp, r_U),
+        reward_fn,
+        x,
+        0.5,
+        mdp.gamma,
+        exact.pi,
+        100_000,
+        critic="mc",
+        seed=1,
+    )
     assert _rel(est.grad, exact.grad) < 0.15
 
 
@@ -163,8 +177,17 @@ def test_truncated_estimator_converges_to_its_biased_limit():
     A_U = r_U + mdp.gamma * mdp.expect_next(V_U) - V_U[:, None]
     B = dr - torch.einsum("sa,san->sn", pi, dr)[:, None]
     limit = -torch.einsum("s,sa,sa,san->n", exact.info["d"], pi, A_U, B) / tau
-    est = sampled_hypergradient(bl.TabularEnv(mdp, r_U), reward_fn, x, tau, mdp.gamma, pi,
-                                100_000, estimator="truncated", seed=0)
+    est = sampled_hypergradient(
+        bl.TabularEnv(mdp, r_U),
+        reward_fn,
+        x,
+        tau,
+        mdp.gamma,
+        pi,
+        100_000,
+        estimator="truncated",
+        seed=0,
+    )
     assert _rel(est.grad, limit) < 0.10
     assert _rel(limit, exact.grad) > 0.2  # the bias is not small on this instance
 
@@ -176,8 +199,18 @@ def test_explicit_upper_objective():
         return 0.5 * (pi * pi).sum() + 0.1 * (z * z).sum()
 
     exact = hypergradient(mdp, reward_fn, upper, x, 0.5, form="H1")
-    est = sampled_hypergradient(bl.TabularEnv(mdp, r_U), reward_fn, x, 0.5, mdp.gamma, exact.pi,
-                                30_000, upper_fn=upper, return_weight=0.0, seed=0)
+    est = sampled_hypergradient(
+        bl.TabularEnv(mdp, r_U),
+        reward_fn,
+        x,
+        0.5,
+        mdp.gamma,
+        exact.pi,
+        30_000,
+        upper_fn=upper,
+        return_weight=0.0,
+        seed=0,
+    )
     assert _rel(est.grad, exact.grad) < 0.10
     assert torch.allclose(est.direct, 0.2 * x)
     assert float(est.f) == pytest.approx(float(exact.phi))

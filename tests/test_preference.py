@@ -19,8 +19,9 @@ from birl_lite.preference import (
 def test_bradley_terry_loss_is_stable_and_correct():
     z = torch.tensor([-800.0, -1.0, 0.0, 2.0, 800.0], dtype=torch.float64)
     p = torch.tensor([0.3, 0.9, 0.5, 0.1, 1.0], dtype=torch.float64)
-    naive = -(p[1:4] * torch.log(torch.sigmoid(z[1:4]))
-              + (1 - p[1:4]) * torch.log(torch.sigmoid(-z[1:4])))
+    naive = -(
+        p[1:4] * torch.log(torch.sigmoid(z[1:4])) + (1 - p[1:4]) * torch.log(torch.sigmoid(-z[1:4]))
+    )
     got = bradley_terry_loss(z, p)
     assert torch.isfinite(got).all()
     assert torch.allclose(got[1:4], naive)
@@ -30,10 +31,13 @@ def test_bradley_terry_loss_is_stable_and_correct():
 
 def test_split_adds_up_to_the_finite_difference_hypergradient():
     problem = preference_problem(1, size=3)
-    x = problem.x0 + 0.3 * torch.randn(problem.x0.shape, generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.float64)
+    x = problem.x0 + 0.3 * torch.randn(
+        problem.x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     split = hypergradient_split(problem, x)
-    fd = finite_difference_hypergradient(problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau)
+    fd = finite_difference_hypergradient(
+        problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau
+    )
     assert torch.allclose(split.full, fd.grad, rtol=1e-6, atol=1e-9)
     assert torch.allclose(split.direct + split.policy, split.full)
     assert float(split.policy.norm()) > 0.01 * float(split.direct.norm())
@@ -63,7 +67,9 @@ def test_cli_writes_per_seed_files_and_resumes(tmp_path, capsys):
     main(["--seeds", "0", "--out", str(tmp_path), "--n-iter", "2", "--misleading", "1"])
     path = tmp_path / "misleading1_seed0.json"
     data = json.loads(path.read_text())
-    assert set(data["full"]) >= {"coverage", "true_return", "loss"} and len(data["full"]["loss"]) == 3
+    assert (
+        set(data["full"]) >= {"coverage", "true_return", "loss"} and len(data["full"]["loss"]) == 3
+    )
     main(["--seeds", "0", "--out", str(tmp_path), "--n-iter", "2", "--misleading", "1"])
     assert "skip" in capsys.readouterr().out
     assert not list(tmp_path.glob("*.tmp"))

@@ -161,7 +161,11 @@ def test_bad_inputs_give_clear_errors():
         nonscalar.check()
     with pytest.raises(ValueError, match="upper_value_and_grad"):
         BilevelProblem(
-            p.mdp, p.reward_fn, p.upper_fn, p.x0, 1.0,
+            p.mdp,
+            p.reward_fn,
+            p.upper_fn,
+            p.x0,
+            1.0,
             upper_value_and_grad=lambda x, pi: (p.upper_fn(x, pi), 2 * x, pi),
         ).check()
     with pytest.raises(ValueError, match="kind"):

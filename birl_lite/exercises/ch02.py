@@ -45,7 +45,9 @@ def check_hyperobjective(
         try:
             got = float(fn(mdp, problem.reward_fn, problem.upper_fn, x.clone(), problem.tau))
         except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(f"FAIL on case {k} (S={mdp.n_states}, tau={problem.tau}): raised {type(exc).__name__}: {exc}")
+            print(
+                f"FAIL on case {k} (S={mdp.n_states}, tau={problem.tau}): raised {type(exc).__name__}: {exc}"
+            )
             return False
         if not abs(got - expected) <= atol + rtol * abs(expected):
             print(

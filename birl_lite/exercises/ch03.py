@@ -126,7 +126,9 @@ def check_adjoint(
         try:
             got = fn(mdp, pi.clone(), G.clone())
         except Exception as exc:  # the reader's code raised: report it as a failure
-            return _report(False, n_cases, "adjoint", f"case {k}: raised {type(exc).__name__}: {exc}")
+            return _report(
+                False, n_cases, "adjoint", f"case {k}: raised {type(exc).__name__}: {exc}"
+            )
         msg = _compare(got, w_ref, "w", k, rtol)
         if msg:
             return _report(False, n_cases, "adjoint", msg)

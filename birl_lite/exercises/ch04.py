@@ -50,7 +50,9 @@ def check_adjoint_step(
             print(f"FAIL on case {k} (S={P_pi.shape[0]}): raised {type(exc).__name__}: {exc}")
             return False
         if got.shape != expected.shape:
-            print(f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+            print(
+                f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+            )
             return False
         if not torch.allclose(got, expected, atol=atol, rtol=rtol):
             i = int((got - expected).abs().argmax())

@@ -21,9 +21,17 @@ def _case(k: int, seed: int):
     end[-1] = True
     zeros = np.zeros(N, dtype=np.int64)
     batch = Transitions(
-        s=zeros, a=zeros, s_next=zeros, a_next=zeros, reward=c[:, 0].copy(),
-        terminated=np.zeros(N, dtype=bool), truncated=np.zeros(N, dtype=bool), end=end,
-        n_states=1, n_actions=1, gamma=0.9,
+        s=zeros,
+        a=zeros,
+        s_next=zeros,
+        a_next=zeros,
+        reward=c[:, 0].copy(),
+        terminated=np.zeros(N, dtype=bool),
+        truncated=np.zeros(N, dtype=bool),
+        end=end,
+        n_states=1,
+        n_actions=1,
+        gamma=0.9,
     )
     return c, end, batch
 

@@ -11,7 +11,9 @@ from ..preference import bradley_terry_loss
 __all__ = ["check_bradley_terry_loss"]
 
 
-def check_bradley_terry_loss(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float = 1e-10) -> bool:
+def check_bradley_terry_loss(
+    fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float = 1e-10
+) -> bool:
     """Check a reader's Bradley-Terry loss against :func:`birl_lite.preference.bradley_terry_loss`.
 
     The reader's function is called as ``fn(z, p)`` with float64 tensors of the same shape (``z``
@@ -33,13 +35,17 @@ def check_bradley_terry_loss(fn: Callable, n_cases: int = 20, seed: int = 0, rto
             print(f"FAIL on case {k}: raised {type(exc).__name__}: {exc}")
             return False
         if got.shape != expected.shape:
-            print(f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+            print(
+                f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+            )
             return False
         bad = ~torch.isclose(got, expected, rtol=rtol, atol=1e-12)
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0])
-            print(f"FAIL on case {k}: z = {float(z[i]):.6g}, p = {float(p[i]):.4f}: "
-                  f"got {float(got[i]):.10g}, expected {float(expected[i]):.10g}")
+            print(
+                f"FAIL on case {k}: z = {float(z[i]):.6g}, p = {float(p[i]):.4f}: "
+                f"got {float(got[i]):.10g}, expected {float(expected[i]):.10g}"
+            )
             return False
     print(f"PASS: {n_cases} random cases match bradley_terry_loss (including |z| ~ 1000)")
     return True

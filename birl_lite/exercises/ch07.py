@@ -50,8 +50,9 @@ def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float =
             got = fn(C.clone(), M.clone(), rho, v.clone())
             got = torch.as_tensor(got, dtype=torch.float64)
         except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): raised "
-                  f"{type(exc).__name__}: {exc}")
+            print(
+                f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): raised {type(exc).__name__}: {exc}"
+            )
             return False
         if got.shape != expected.shape:
             print(f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected ({n},)")
@@ -59,8 +60,10 @@ def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float =
         err = float((got - expected).norm()) / float(expected.norm())
         if not math.isfinite(err) or err > rtol:
             i = int((got - expected).abs().argmax())
-            print(f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): relative error {err:.3e}; "
-                  f"entry {i}: got {float(got[i]):.10g}, expected {float(expected[i]):.10g}")
+            print(
+                f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): relative error {err:.3e}; "
+                f"entry {i}: got {float(got[i]):.10g}, expected {float(expected[i]):.10g}"
+            )
             return False
     print(f"PASS: {n_cases} random cases agree with the dense solve (relative error <= {rtol:g})")
     return True
