@@ -1,5 +1,6 @@
 """Exercise checkers accept the reference and reject wrong implementations."""
 
+import numpy as np
 import torch
 
 from birl_lite.exercises import check_soft_bellman
@@ -40,3 +41,18 @@ def test_checker_reports_exceptions(capsys):
 
     assert not check_soft_bellman(broken)
     assert "raised RuntimeError: boom" in capsys.readouterr().out
+
+
+def test_checker_accepts_numpy_views_with_negative_strides(capsys):
+    from birl_lite.exercises import check_mc_returns
+
+    def mc_returns_reversed_view(c, end):
+        out = np.zeros_like(c)
+        acc = np.zeros(c.shape[1])
+        for t in range(len(c) - 1, -1, -1):
+            acc = c[t] + (0.0 if end[t] else 1.0) * acc
+            out[t] = acc
+        return out[::-1].copy()[::-1]  # same values, as a view with negative strides
+
+    assert check_mc_returns(mc_returns_reversed_view)
+    assert "PASS" in capsys.readouterr().out

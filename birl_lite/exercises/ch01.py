@@ -8,6 +8,7 @@ import torch
 
 from ..mdp import random_mdp, random_reward
 from ..soft import soft_bellman
+from ._common import Case, run_cases
 
 __all__ = ["check_soft_bellman"]
 
@@ -39,34 +40,19 @@ def check_soft_bellman(
 
     Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
     """
-    for k, (mdp, r, V, tau) in enumerate(_cases(n_cases, seed)):
-        expected = soft_bellman(mdp, r, V, tau)
-        try:
-            got = fn(mdp.P.clone(), r.clone(), V.clone(), mdp.gamma, tau)
-            got = torch.as_tensor(got, dtype=torch.float64)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(
-                f"FAIL on case {k} (S={mdp.n_states}, A={mdp.n_actions}, tau={tau}): "
-                f"raised {type(exc).__name__}: {exc}"
-            )
-            return False
-        if got.shape != expected.shape:
-            print(
-                f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-            )
-            return False
-        if not torch.isfinite(got).all():
-            print(
-                f"FAIL on case {k} (tau={tau}): non-finite output {got.tolist()} "
-                "(subtract the maximum before exponentiating)"
-            )
-            return False
-        if not torch.allclose(got, expected, atol=atol, rtol=rtol):
-            i = int((got - expected).abs().argmax())
-            print(
-                f"FAIL on case {k} (S={mdp.n_states}, A={mdp.n_actions}, gamma={mdp.gamma:.3f}, "
-                f"tau={tau}): state {i}: got {float(got[i]):.10g}, expected {float(expected[i]):.10g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random cases agree with birl_lite.soft_bellman (tau down to 1e-3)")
-    return True
+    cases = (
+        Case(
+            label=f"S={mdp.n_states}, A={mdp.n_actions}, gamma={mdp.gamma:.3f}, tau={tau}",
+            args=(mdp.P, r, V, mdp.gamma, tau),
+            expected=soft_bellman(mdp, r, V, tau),
+        )
+        for mdp, r, V, tau in _cases(n_cases, seed)
+    )
+    return run_cases(
+        fn,
+        cases,
+        what="birl_lite.soft_bellman (tau down to 1e-3)",
+        atol=atol,
+        rtol=rtol,
+        hint="subtract the maximum before exponentiating",
+    )

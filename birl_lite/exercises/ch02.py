@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..problems import synthetic_problem
+from ._common import Case, run_cases
 
 __all__ = ["check_hyperobjective"]
 
@@ -39,21 +40,12 @@ def check_hyperobjective(
 
     Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
     """
-    for k, (problem, x) in enumerate(_cases(n_cases, seed)):
-        expected = problem.phi(x)
-        mdp = problem.mdp
-        try:
-            got = float(fn(mdp, problem.reward_fn, problem.upper_fn, x.clone(), problem.tau))
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(
-                f"FAIL on case {k} (S={mdp.n_states}, tau={problem.tau}): raised {type(exc).__name__}: {exc}"
-            )
-            return False
-        if not abs(got - expected) <= atol + rtol * abs(expected):
-            print(
-                f"FAIL on case {k} (S={mdp.n_states}, A={mdp.n_actions}, gamma={mdp.gamma:.3f}, "
-                f"tau={problem.tau}): got phi = {got:.12g}, expected {expected:.12g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random bilevel problems agree with BilevelProblem.phi")
-    return True
+    cases = (
+        Case(
+            label=f"S={p.mdp.n_states}, A={p.mdp.n_actions}, gamma={p.mdp.gamma:.3f}, tau={p.tau}",
+            args=(p.mdp, p.reward_fn, p.upper_fn, x, p.tau),
+            expected=p.phi(x),
+        )
+        for p, x in _cases(n_cases, seed)
+    )
+    return run_cases(fn, cases, what="BilevelProblem.phi", atol=atol, rtol=rtol)

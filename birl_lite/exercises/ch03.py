@@ -18,6 +18,7 @@ import torch
 from .._validation import DTYPE, check_positive_int
 from ..hypergradient import hypergradient, upper_gradients
 from ..mdp import TabularMDP, random_mdp
+from ._common import Case, run_cases
 
 __all__ = ["check_h1", "check_adjoint"]
 
@@ -44,30 +45,6 @@ def _case(k: int, seed: int):
     return mdp, reward_fn, upper_fn, x, tau
 
 
-def _report(ok: bool, n_cases: int, what: str, detail: str = "") -> bool:
-    if ok:
-        print(f"PASS: {what} matches the reference on {n_cases} random cases")
-    else:
-        print(f"FAIL: {what}: {detail}")
-    return ok
-
-
-def _compare(got, ref: torch.Tensor, name: str, k: int, rtol: float) -> str:
-    """Empty string if ``got`` matches ``ref``; otherwise a description of the mismatch."""
-    if not isinstance(got, torch.Tensor):
-        return f"case {k}: {name} must be a torch.Tensor, got {type(got).__name__}"
-    if tuple(got.shape) != tuple(ref.shape):
-        return f"case {k}: {name} has shape {tuple(got.shape)}, expected {tuple(ref.shape)}"
-    got = got.detach().to(DTYPE)
-    err = float((got - ref).norm() / max(float(ref.norm()), 1e-12))
-    if not np.isfinite(err) or err > rtol:
-        return (
-            f"case {k}: relative error {err:.3g} > {rtol:g}\n  got      {got.numpy()}\n"
-            f"  expected {ref.numpy()}"
-        )
-    return ""
-
-
 def check_h1(
     fn: Callable[..., torch.Tensor], n_cases: int = 20, seed: int = 0, rtol: float = 1e-8
 ) -> bool:
@@ -84,18 +61,19 @@ def check_h1(
         error ``rtol`` on all ``n_cases`` random instances.
     """
     n_cases = check_positive_int(n_cases, "n_cases")
-    for k in range(n_cases):
-        mdp, reward_fn, upper_fn, x, tau = _case(k, seed)
-        ref = hypergradient(mdp, reward_fn, upper_fn, x, tau, form="H2")
-        _, df_dx, df_dpi = upper_gradients(upper_fn, x, ref.pi)
-        try:
-            got = fn(mdp, ref.pi.clone(), tau, ref.dr_dx.clone(), df_dx.clone(), df_dpi.clone())
-        except Exception as exc:  # the reader's code raised: report it as a failure
-            return _report(False, n_cases, "H1", f"case {k}: raised {type(exc).__name__}: {exc}")
-        msg = _compare(got, ref.grad, "grad", k, rtol)
-        if msg:
-            return _report(False, n_cases, "H1", msg)
-    return _report(True, n_cases, "H1")
+
+    def cases():
+        for k in range(n_cases):
+            mdp, reward_fn, upper_fn, x, tau = _case(k, seed)
+            ref = hypergradient(mdp, reward_fn, upper_fn, x, tau, form="H2")
+            _, df_dx, df_dpi = upper_gradients(upper_fn, x, ref.pi)
+            yield Case(
+                label=f"S={mdp.n_states}, A={mdp.n_actions}, n={x.numel()}, tau={tau}",
+                args=(mdp, ref.pi, tau, ref.dr_dx, df_dx, df_dpi),
+                expected=ref.grad,
+            )
+
+    return run_cases(fn, cases(), what="(H1)", rtol=rtol, relative_norm=True)
 
 
 def check_adjoint(
@@ -114,22 +92,17 @@ def check_adjoint(
         ``True`` if ``fn`` matches the reference to relative error ``rtol`` on all cases.
     """
     n_cases = check_positive_int(n_cases, "n_cases")
-    for k in range(n_cases):
-        mdp, _, _, _, _ = _case(k, seed)
-        rng = np.random.default_rng([seed, k, 1])
-        S, A = mdp.n_states, mdp.n_actions
-        pi = torch.softmax(torch.as_tensor(rng.normal(size=(S, A)), dtype=DTYPE), dim=-1)
-        G = torch.as_tensor(rng.normal(size=(S, A)), dtype=DTYPE)
-        b = G.sum(dim=1) - mdp.gamma * torch.einsum("sa,sat->t", G, mdp.P)
-        P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
-        w_ref = torch.linalg.solve(torch.eye(S, dtype=DTYPE) - mdp.gamma * P_pi.T, b)
-        try:
-            got = fn(mdp, pi.clone(), G.clone())
-        except Exception as exc:  # the reader's code raised: report it as a failure
-            return _report(
-                False, n_cases, "adjoint", f"case {k}: raised {type(exc).__name__}: {exc}"
-            )
-        msg = _compare(got, w_ref, "w", k, rtol)
-        if msg:
-            return _report(False, n_cases, "adjoint", msg)
-    return _report(True, n_cases, "adjoint")
+
+    def cases():
+        for k in range(n_cases):
+            mdp, _, _, _, _ = _case(k, seed)
+            rng = np.random.default_rng([seed, k, 1])
+            S, A = mdp.n_states, mdp.n_actions
+            pi = torch.softmax(torch.as_tensor(rng.normal(size=(S, A)), dtype=DTYPE), dim=-1)
+            G = torch.as_tensor(rng.normal(size=(S, A)), dtype=DTYPE)
+            b = G.sum(dim=1) - mdp.gamma * torch.einsum("sa,sat->t", G, mdp.P)
+            P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
+            w_ref = torch.linalg.solve(torch.eye(S, dtype=DTYPE) - mdp.gamma * P_pi.T, b)
+            yield Case(label=f"S={S}, A={A}, gamma={mdp.gamma}", args=(mdp, pi, G), expected=w_ref)
+
+    return run_cases(fn, cases(), what="the adjoint of (H2)", rtol=rtol, relative_norm=True)

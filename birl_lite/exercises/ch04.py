@@ -8,6 +8,7 @@ import torch
 
 from ..model_based import amortized_adjoint_step
 from ..soft import transition_under
+from ._common import Case, run_cases
 
 __all__ = ["check_adjoint_step"]
 
@@ -41,25 +42,14 @@ def check_adjoint_step(
 
     Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
     """
-    for k, (P_pi, gamma, w, b, zeta) in enumerate(_cases(n_cases, seed)):
-        expected = amortized_adjoint_step(P_pi, gamma, w, b, zeta)
-        try:
-            got = fn(P_pi.clone(), gamma, w.clone(), b.clone(), zeta)
-            got = torch.as_tensor(got, dtype=torch.float64)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(f"FAIL on case {k} (S={P_pi.shape[0]}): raised {type(exc).__name__}: {exc}")
-            return False
-        if got.shape != expected.shape:
-            print(
-                f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-            )
-            return False
-        if not torch.allclose(got, expected, atol=atol, rtol=rtol):
-            i = int((got - expected).abs().argmax())
-            print(
-                f"FAIL on case {k} (S={P_pi.shape[0]}, gamma={gamma:.3f}, zeta={zeta:.3f}): "
-                f"entry {i}: got {float(got[i]):.12g}, expected {float(expected[i]):.12g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random cases agree with birl_lite.model_based.amortized_adjoint_step")
-    return True
+    cases = (
+        Case(
+            label=f"S={P_pi.shape[0]}, gamma={gamma:.3f}, zeta={zeta:.3f}",
+            args=(P_pi, gamma, w, b, zeta),
+            expected=amortized_adjoint_step(P_pi, gamma, w, b, zeta),
+        )
+        for P_pi, gamma, w, b, zeta in _cases(n_cases, seed)
+    )
+    return run_cases(
+        fn, cases, what="birl_lite.model_based.amortized_adjoint_step", atol=atol, rtol=rtol
+    )

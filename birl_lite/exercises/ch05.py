@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..model_free import Transitions, mc_returns
+from ._common import Case, run_cases
 
 __all__ = ["check_mc_returns"]
 
@@ -46,23 +47,8 @@ def check_mc_returns(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float
 
     Prints ``PASS`` or ``FAIL`` with the first mismatch; returns whether all cases passed.
     """
-    for k in range(n_cases):
-        c, end, batch = _case(k, seed)
-        expected = mc_returns(batch, c)
-        try:
-            got = np.asarray(fn(c.copy(), end.copy()), dtype=np.float64)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(f"FAIL on case {k} (N={len(end)}): raised {type(exc).__name__}: {exc}")
-            return False
-        if got.shape != expected.shape:
-            print(f"FAIL on case {k}: returned shape {got.shape}, expected {expected.shape}")
-            return False
-        if not np.allclose(got, expected, atol=atol, rtol=0.0):
-            t, j = np.unravel_index(int(np.abs(got - expected).argmax()), got.shape)
-            print(
-                f"FAIL on case {k} (N={len(end)}): G[{t}, {j}] = {got[t, j]:.10g}, "
-                f"expected {expected[t, j]:.10g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random batches match mc_returns")
-    return True
+    cases = (
+        Case(label=f"N={len(end)}", args=(c, end), expected=mc_returns(batch, c))
+        for c, end, batch in (_case(k, seed) for k in range(n_cases))
+    )
+    return run_cases(fn, cases, what="birl_lite.model_free.mc_returns", atol=atol, rtol=0.0)

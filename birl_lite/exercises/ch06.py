@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..preference import bradley_terry_loss
+from ._common import Case, run_cases
 
 __all__ = ["check_bradley_terry_loss"]
 
@@ -22,30 +23,23 @@ def check_bradley_terry_loss(
 
     Prints ``PASS`` or ``FAIL`` with the first mismatch; returns whether all cases passed.
     """
-    gen = torch.Generator().manual_seed(seed)
-    for k in range(n_cases):
-        m = int(torch.randint(1, 30, (1,), generator=gen))
-        scale = [1.0, 10.0, 1000.0][k % 3]
-        z = scale * torch.randn(m, generator=gen, dtype=torch.float64)
-        p = torch.rand(m, generator=gen, dtype=torch.float64)
-        expected = bradley_terry_loss(z, p)
-        try:
-            got = torch.as_tensor(fn(z.clone(), p.clone()), dtype=torch.float64)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(f"FAIL on case {k}: raised {type(exc).__name__}: {exc}")
-            return False
-        if got.shape != expected.shape:
-            print(
-                f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+
+    def cases():
+        gen = torch.Generator().manual_seed(seed)
+        for k in range(n_cases):
+            m = int(torch.randint(1, 30, (1,), generator=gen))
+            scale = [1.0, 10.0, 1000.0][k % 3]
+            z = scale * torch.randn(m, generator=gen, dtype=torch.float64)
+            p = torch.rand(m, generator=gen, dtype=torch.float64)
+            yield Case(
+                label=f"m={m}, |z| ~ {scale:g}", args=(z, p), expected=bradley_terry_loss(z, p)
             )
-            return False
-        bad = ~torch.isclose(got, expected, rtol=rtol, atol=1e-12)
-        if bool(bad.any()):
-            i = int(torch.nonzero(bad)[0])
-            print(
-                f"FAIL on case {k}: z = {float(z[i]):.6g}, p = {float(p[i]):.4f}: "
-                f"got {float(got[i]):.10g}, expected {float(expected[i]):.10g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random cases match bradley_terry_loss (including |z| ~ 1000)")
-    return True
+
+    return run_cases(
+        fn,
+        cases(),
+        what="bradley_terry_loss (including |z| ~ 1000)",
+        atol=1e-12,
+        rtol=rtol,
+        hint="use log-sigmoid (softplus) instead of log(sigmoid(z))",
+    )

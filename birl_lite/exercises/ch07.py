@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from ..ihvp import nystrom_woodbury
+from ._common import Case, run_cases
 
 __all__ = ["check_woodbury"]
 
@@ -40,30 +39,19 @@ def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float =
 
     Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
     """
-    for k, (C, M, rho, v) in enumerate(_cases(n_cases, seed)):
-        n, rank = C.shape
-        H_k = C @ torch.linalg.solve(M, C.T)
-        expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + rho * torch.eye(n, dtype=C.dtype), v)
-        library, _ = nystrom_woodbury(C, M, v, rho)
-        assert float((library - expected).norm()) <= rtol * float(expected.norm())
-        try:
-            got = fn(C.clone(), M.clone(), rho, v.clone())
-            got = torch.as_tensor(got, dtype=torch.float64)
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
-            print(
-                f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): raised {type(exc).__name__}: {exc}"
-            )
-            return False
-        if got.shape != expected.shape:
-            print(f"FAIL on case {k}: returned shape {tuple(got.shape)}, expected ({n},)")
-            return False
-        err = float((got - expected).norm()) / float(expected.norm())
-        if not math.isfinite(err) or err > rtol:
-            i = int((got - expected).abs().argmax())
-            print(
-                f"FAIL on case {k} (n={n}, k={rank}, rho={rho}): relative error {err:.3e}; "
-                f"entry {i}: got {float(got[i]):.10g}, expected {float(expected[i]):.10g}"
-            )
-            return False
-    print(f"PASS: {n_cases} random cases agree with the dense solve (relative error <= {rtol:g})")
-    return True
+
+    def cases():
+        for C, M, rho, v in _cases(n_cases, seed):
+            n, rank = C.shape
+            H_k = C @ torch.linalg.solve(M, C.T)
+            eye = torch.eye(n, dtype=C.dtype)
+            expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + rho * eye, v)
+            yield Case(label=f"n={n}, k={rank}, rho={rho}", args=(C, M, rho, v), expected=expected)
+
+    return run_cases(
+        fn,
+        cases(),
+        what=f"the dense solve (relative error <= {rtol:g})",
+        rtol=rtol,
+        relative_norm=True,
+    )
