@@ -26,6 +26,7 @@ book: build
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Unit tests and nbval over every chapter notebook, in one pytest run (one notebook per worker).
 unit: setup
@@ -48,6 +49,7 @@ chapter: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
 	$(MAKE) build
 	$(MAKE) browser-test

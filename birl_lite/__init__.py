@@ -12,6 +12,8 @@ Modules mirror the chapters:
 * :mod:`birl_lite.problems`, :mod:`birl_lite.model_based`: bilevel problems and M-SoBiRL.
 * :mod:`birl_lite.model_free`, :mod:`birl_lite.preference`: SoBiRL from samples, preference learning.
 * :mod:`birl_lite.ihvp`: inverse-Hessian-vector products (CG, Neumann, Nystrom), implicit differentiation.
+* :mod:`birl_lite.actor_critic`, :mod:`birl_lite.experiments`: PPO and BLPO on gymnasium tasks, the
+  exact tabular check, and the resumable experiment command.
 * :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
 """
 

@@ -11,11 +11,15 @@ from .ch04 import check_adjoint_step
 from .ch05 import check_mc_returns
 from .ch06 import check_bradley_terry_loss
 from .ch07 import check_woodbury
+from .ch08 import check_causal_sums
+from .ch09 import check_gae
 
 __all__ = [
     "check_adjoint",
     "check_adjoint_step",
     "check_bradley_terry_loss",
+    "check_causal_sums",
+    "check_gae",
     "check_h1",
     "check_hyperobjective",
     "check_mc_returns",

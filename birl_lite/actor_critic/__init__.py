@@ -1,0 +1,42 @@
+"""Actor-critic algorithms on gymnasium control tasks (chapters 8-9; math.md section 7).
+
+* :mod:`birl_lite.actor_critic.config`: :class:`~birl_lite.actor_critic.config.ACConfig`, the hyperparameters (published BLPO defaults).
+* :mod:`birl_lite.actor_critic.networks`: separate tanh actor (Categorical / diagonal Gaussian) and critic.
+* :mod:`birl_lite.actor_critic.rollout`: vector envs with same-step autoreset, rollouts, GAE, episode statistics.
+* :mod:`birl_lite.actor_critic.ppo`: the PPO baseline update.
+* :mod:`birl_lite.actor_critic.blpo`: nesting (``ppo-nested``) and the BLPO hypergradient (``blpo-cg``, ``blpo-nystrom``).
+* :mod:`birl_lite.actor_critic.train`: the loop every algorithm shares.
+* :mod:`birl_lite.actor_critic.tabular_check`: the exact BLPO hypergradient on a tabular MDP vs the sampled estimator.
+"""
+
+from .blpo import BLPODirection, blpo_direction, blpo_update, clip_correction, differentiable_gae
+from .config import ALGOS, ENV_PRESETS, ACConfig, make_config
+from .networks import Actor, Critic
+from .ppo import clipped_surrogate, critic_loss, ppo_update
+from .rollout import Rollout, RolloutCollector, discount_matrix, gae, make_vector_env
+from .train import TrainResult, final_return, train
+
+__all__ = [
+    "ALGOS",
+    "BLPODirection",
+    "ENV_PRESETS",
+    "ACConfig",
+    "Actor",
+    "Critic",
+    "Rollout",
+    "RolloutCollector",
+    "TrainResult",
+    "blpo_direction",
+    "blpo_update",
+    "clip_correction",
+    "clipped_surrogate",
+    "critic_loss",
+    "differentiable_gae",
+    "discount_matrix",
+    "final_return",
+    "gae",
+    "make_config",
+    "make_vector_env",
+    "ppo_update",
+    "train",
+]

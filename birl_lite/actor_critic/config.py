@@ -1,0 +1,183 @@
+"""Hyperparameters of the actor-critic algorithms of chapters 8-9 (PPO, PPO-nested, BLPO).
+
+The defaults are the published BLPO settings for discrete control (Prakash et al., 2026; see
+``../shared/design/reference-figures.md``): 4 envs x 128 steps, 4 epochs, gamma 0.99, lambda 0.95,
+clip 0.2, actor lr 2.5e-4, critic lr 1e-3, 3 nested critic steps, Nystrom rank 5, rho 50,
+correction norm bound 1.0, no entropy bonus, separate 64-64 tanh actor and critic.
+:data:`ENV_PRESETS` overrides a few of them per environment (Pendulum-v1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+__all__ = ["ALGOS", "ENV_PRESETS", "ACConfig", "make_config"]
+
+#: The four algorithms sharing one rollout / GAE / evaluation code path.
+#:
+#: * ``ppo``: one joint actor and critic step per minibatch, advantages from the rollout critic.
+#: * ``ppo-nested``: ``critic_steps`` critic steps, then one actor step whose GAE advantages are
+#:   recomputed from the updated critic (nesting alone: the critic's approximate best response).
+#: * ``blpo-cg`` / ``blpo-nystrom``: ``ppo-nested`` plus the implicit correction of the
+#:   hypergradient (math.md section 7), its iHVP by conjugate gradient or by Nystrom.
+ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom")
+
+#: Per-environment overrides of the defaults (applied by :func:`make_config` when the field is
+#: not given explicitly). Pendulum-v1 needs a shorter horizon (gamma 0.9), longer rollouts, more
+#: epochs and normalized observations/rewards to learn within a few hundred thousand steps
+#: (the rl-baselines3-zoo PPO settings for Pendulum, without gSDE).
+ENV_PRESETS: dict[str, dict] = {
+    "Pendulum-v1": {
+        "num_steps": 512,
+        "gamma": 0.9,
+        "update_epochs": 10,
+        "actor_lr": 1e-3,
+        "critic_lr": 1e-3,
+        "normalize_obs": True,
+        "normalize_reward": True,
+        "anneal_lr": True,
+    },
+}
+
+
+@dataclass(frozen=True)
+class ACConfig:
+    """All hyperparameters of one training run (documented defaults; see the module docstring).
+
+    Attributes:
+        algo: one of :data:`ALGOS`.
+        env_id: a registered gymnasium id with a ``Discrete`` or ``Box`` action space and a
+            ``Box`` observation space (CartPole-v1, Acrobot-v1, Pendulum-v1, ...).
+        total_steps: environment steps (summed over the vector envs) to train for.
+        seed: seeds torch, numpy and the envs (env ``i`` gets ``seed + i``).
+        num_envs: parallel envs in the ``SyncVectorEnv`` (same-step autoreset).
+        num_steps: steps per env per rollout; a rollout has ``num_envs * num_steps`` transitions.
+        update_epochs: passes over each rollout.
+        num_minibatches: minibatches per epoch; each is ``num_envs / num_minibatches`` whole
+            env segments of ``num_steps`` contiguous steps (GAE runs along a trajectory, so BLPO
+            needs whole segments; every algorithm uses the same minibatches).
+        gamma: discount. gae_lambda: GAE lambda.
+        clip_coef: PPO clipping epsilon.
+        actor_lr, critic_lr: Adam learning rates (separate optimizers).
+        anneal_lr: linearly decay both learning rates to 0 over training (CleanRL's default).
+        critic_steps: nested critic steps per minibatch before the actor step (``ppo-nested``,
+            ``blpo-*``); ``ppo`` always takes one joint step.
+        norm_adv: standardize advantages per minibatch (inside the differentiable path for BLPO).
+        ent_coef: entropy bonus (0: none, as BLPO).
+        max_grad_norm: global gradient-norm clipping of each network's step.
+        nystrom_rank, nystrom_rho: rank ``k >= 1`` and damping of the Nystrom iHVP.
+        cg_iters, cg_rho: iterations and damping of the CG iHVP (``blpo-cg``).
+        correction_bound: ``beta``: the implicit correction is rescaled so that its norm is at
+            most ``beta * ||grad_theta J||``.
+        hidden: width of the two tanh hidden layers of the actor and of the critic.
+        normalize_obs: running mean/std observation normalization (same update rule as
+            gymnasium's ``NormalizeObservation``, applied in the rollout so that the final
+            observation of a truncated episode is normalized too).
+        normalize_reward: divide rewards by the running std of the discounted return (as
+            gymnasium's ``NormalizeReward``); episode statistics always record raw rewards.
+        log_std_init: initial log standard deviation of the Gaussian policy (Box actions).
+    """
+
+    algo: str = "blpo-nystrom"
+    env_id: str = "CartPole-v1"
+    total_steps: int = 500_000
+    seed: int = 0
+    num_envs: int = 4
+    num_steps: int = 128
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    actor_lr: float = 2.5e-4
+    critic_lr: float = 1e-3
+    anneal_lr: bool = True
+    critic_steps: int = 3
+    norm_adv: bool = True
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    nystrom_rank: int = 5
+    nystrom_rho: float = 50.0
+    cg_iters: int = 5
+    cg_rho: float = 50.0
+    correction_bound: float = 1.0
+    hidden: int = 64
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    log_std_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
+        if not isinstance(self.env_id, str) or self.env_id not in gym.registry:
+            raise ValueError(
+                f"env_id must be a registered gymnasium id (e.g. 'CartPole-v1'), got {self.env_id!r}"
+            )
+        for name in (
+            "total_steps",
+            "num_envs",
+            "num_steps",
+            "update_epochs",
+            "num_minibatches",
+            "critic_steps",
+            "cg_iters",
+            "hidden",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if (
+            isinstance(self.nystrom_rank, bool)
+            or not isinstance(self.nystrom_rank, int)
+            or self.nystrom_rank < 1
+        ):
+            raise ValueError(f"nystrom_rank must be an integer >= 1, got {self.nystrom_rank!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.num_envs % self.num_minibatches != 0:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide num_envs ({self.num_envs}): "
+                "minibatches are whole env segments"
+            )
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        for name in ("clip_coef", "actor_lr", "critic_lr", "max_grad_norm", "nystrom_rho"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("ent_coef", "cg_rho", "correction_bound"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per rollout, ``num_envs * num_steps``."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """The number of rollouts in a run, ``ceil(total_steps / batch_size)``."""
+        return -(-self.total_steps // self.batch_size)
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+
+def make_config(algo: str, env_id: str, **overrides) -> ACConfig:
+    """An :class:`ACConfig` for ``algo`` on ``env_id``: defaults, then :data:`ENV_PRESETS`, then
+    ``overrides`` (unknown names raise ``TypeError`` naming them)."""
+    known = {f.name for f in dataclasses.fields(ACConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown ACConfig field(s): {unknown}; known: {sorted(known)}")
+    kwargs = dict(ENV_PRESETS.get(env_id, {}))
+    kwargs.update(overrides)
+    return ACConfig(algo=algo, env_id=env_id, **kwargs)

@@ -1,0 +1,66 @@
+"""PPO (Schulman et al., 2017), the baseline of chapter 9: one joint actor and critic step per
+minibatch, advantages computed once per rollout from the rollout critic.
+
+    for each minibatch (whole env segments) of the rollout, for each epoch:
+        ratio_t   = pi_theta(a_t|s_t) / pi_old(a_t|s_t)
+        J(theta)  = mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t)     (A_t fixed)
+        L(w)      = mean_t (V_w(s_t) - G_t)^2                                          (G_t fixed)
+        theta    <- Adam ascent step on J;   w <- Adam descent step on L
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ACConfig
+
+__all__ = ["clipped_surrogate", "critic_loss", "ppo_update", "step"]
+
+
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip_coef: float) -> torch.Tensor:
+    """PPO's clipped objective ``mean min(ratio A, clip(ratio, 1-eps, 1+eps) A)`` (to maximize)."""
+    return torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv).mean()
+
+
+def critic_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """The follower loss ``L = mean_t (V_w(s_t) - G_t)^2`` (math.md section 7)."""
+    return (values - returns).square().mean()
+
+
+def normalize(adv: torch.Tensor) -> torch.Tensor:
+    """Standardize advantages within a minibatch, the mean and std treated as constants.
+
+    For PPO the advantages are constants anyway. For BLPO, whose advantages are a function of
+    the critic ``w``, differentiating through the statistics would make ``grad_w J`` vanish at
+    ratio 1: then ``J = mean(A_norm) = 0`` for every ``w``. Normalization is a rescaling of the
+    actor's step, not part of the leader's objective, so its statistics are not differentiated.
+    """
+    return (adv - adv.mean().detach()) / (adv.std().detach() + 1e-8)
+
+
+def step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
+    """Clip the global gradient norm of ``params`` to ``max_norm`` and take an optimizer step."""
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+
+
+def ppo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
+    """One PPO minibatch update (joint actor and critic step). ``state`` holds ``actor``,
+    ``critic`` and their optimizers; ``mb`` the minibatch tensors ``[T, m, ...]``.
+    Returns diagnostics (``critic_loss``)."""
+    actor, critic = state.actor, state.critic
+    logp = actor.log_prob(mb["obs"], mb["actions"])
+    ratio = torch.exp(logp - mb["old_logp"])
+    adv = normalize(mb["adv"]) if cfg.norm_adv else mb["adv"]
+    J = clipped_surrogate(ratio, adv, cfg.clip_coef)
+    if cfg.ent_coef > 0:
+        J = J + cfg.ent_coef * actor.entropy(mb["obs"]).mean()
+    L = critic_loss(critic(mb["obs"]), mb["returns"])
+
+    state.actor_opt.zero_grad(set_to_none=True)
+    (-J).backward()
+    step(state.actor_opt, state.actor_params, cfg.max_grad_norm)
+    state.critic_opt.zero_grad(set_to_none=True)
+    L.backward()
+    step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
+    return {"critic_loss": float(L.detach())}

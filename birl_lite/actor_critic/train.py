@@ -1,0 +1,210 @@
+"""The training loop shared by ``ppo``, ``ppo-nested``, ``blpo-cg`` and ``blpo-nystrom``.
+
+Pseudo-code::
+
+    seed torch, numpy and the envs; build the actor, the critic, two Adam optimizers
+    for each rollout:
+        collect num_steps vector steps with the actor                  (rollout.RolloutCollector)
+        V(s_t), V(s'_t), log pi_old(a_t|s_t) in one batched pass; GAE; targets G_t = A_t + V(s_t)
+        for each epoch, for each minibatch of whole env segments:
+            ppo_update (ppo)  or  blpo_update (ppo-nested, blpo-cg, blpo-nystrom)
+        record the learning curve (env steps, returns of the episodes completed, wall time)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .blpo import blpo_update
+from .config import ACConfig
+from .networks import Actor, Critic
+from .ppo import ppo_update
+from .rollout import Rollout, RolloutCollector, discount_matrix, gae, make_vector_env, to_torch
+
+__all__ = [
+    "TrainResult",
+    "TrainState",
+    "final_return",
+    "minibatch",
+    "prepare_batch",
+    "train",
+]
+
+
+@dataclass
+class TrainState:
+    """Networks, optimizers and the generators of one run."""
+
+    actor: Actor
+    critic: Critic
+    actor_opt: torch.optim.Optimizer
+    critic_opt: torch.optim.Optimizer
+    actor_params: list[torch.Tensor]
+    critic_params: list[torch.Tensor]
+    gen: torch.Generator
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        config: the :class:`~birl_lite.actor_critic.config.ACConfig` of the run.
+        episode_steps, episode_returns, episode_lengths, episode_wall: every completed training
+            episode (env steps at its end, raw undiscounted return, length, seconds since start).
+        curve_steps, curve_wall: env steps and seconds at the end of each rollout update.
+        curve_return: mean return of the last 20 completed episodes at that point (NaN before
+            the first episode ends).
+        wall_time: total seconds. state: the trained :class:`TrainState`.
+    """
+
+    config: ACConfig
+    episode_steps: list[int]
+    episode_returns: list[float]
+    episode_lengths: list[int]
+    episode_wall: list[float]
+    curve_steps: list[int] = field(default_factory=list)
+    curve_return: list[float] = field(default_factory=list)
+    curve_wall: list[float] = field(default_factory=list)
+    wall_time: float = 0.0
+    state: TrainState | None = None
+
+    @property
+    def final_return(self) -> float:
+        """Mean return of the last 20 training episodes (NaN if none finished)."""
+        return final_return(self.episode_returns)
+
+
+def final_return(returns: list[float], n: int = 20) -> float:
+    """Mean of the last ``n`` entries of ``returns`` (NaN if empty)."""
+    return float(np.mean(returns[-n:])) if len(returns) else float("nan")
+
+
+def _build(cfg: ACConfig, envs: gym.vector.SyncVectorEnv) -> TrainState:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    obs_dim = envs.single_observation_space.shape[0]
+    space = envs.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    act_dim = int(space.n) if discrete else int(space.shape[0])
+    actor = Actor(obs_dim, act_dim, discrete, cfg.hidden, gen, cfg.log_std_init)
+    critic = Critic(obs_dim, cfg.hidden, gen)
+    actor_params = list(actor.parameters())
+    critic_params = list(critic.parameters())
+    return TrainState(
+        actor,
+        critic,
+        torch.optim.Adam(actor_params, lr=cfg.actor_lr, eps=1e-5, fused=True),
+        torch.optim.Adam(critic_params, lr=cfg.critic_lr, eps=1e-5, fused=True),
+        actor_params,
+        critic_params,
+        gen,
+    )
+
+
+def prepare_batch(
+    state: TrainState, ro: Rollout, cfg: ACConfig, *, matrices: bool = True
+) -> dict[str, torch.Tensor]:
+    """A rollout as tensors ``[T, E, ...]`` plus what every update needs: ``old_logp``, GAE
+    advantages ``adv`` from the current critic, targets ``returns = adv + V(s_t)`` (fixed for the
+    rollout) and, if ``matrices``, the ``[E, T, T]`` ``gae_matrix`` and ``causal_matrix`` of
+    :func:`~birl_lite.actor_critic.rollout.discount_matrix`."""
+    batch = to_torch(ro)
+    with torch.no_grad():
+        values = state.critic(batch["obs"])
+        next_values = state.critic(batch["next_obs"])
+        batch["old_logp"] = state.actor.log_prob(batch["obs"], batch["actions"])
+    adv = gae(
+        ro.rewards,
+        values.numpy(),
+        next_values.numpy(),
+        ro.terminated,
+        ro.dones,
+        cfg.gamma,
+        cfg.gae_lambda,
+    )
+    batch["adv"] = torch.from_numpy(adv)
+    batch["returns"] = batch["adv"] + values
+    if matrices:
+        batch["gae_matrix"] = torch.from_numpy(
+            discount_matrix(ro.dones, cfg.gamma * cfg.gae_lambda)
+        )
+        batch["causal_matrix"] = torch.from_numpy(discount_matrix(ro.dones, 1.0, strict=True))
+    return batch
+
+
+def minibatch(batch: dict[str, torch.Tensor], envs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The whole segments of the envs ``envs`` (indices): ``[T, m, ...]`` tensors, ``[m, T, T]``
+    matrices."""
+    return {k: (v[envs] if k.endswith("matrix") else v[:, envs]) for k, v in batch.items()}
+
+
+def train(
+    cfg: ACConfig,
+    *,
+    callback: Callable[[int, TrainResult], None] | None = None,
+    threads: int | None = 1,
+) -> TrainResult:
+    """Train ``cfg.algo`` on ``cfg.env_id`` for ``cfg.total_steps`` env steps.
+
+    Deterministic on CPU for a fixed ``cfg.seed`` (torch, numpy and the envs are seeded; one
+    torch thread by default).
+
+    Args:
+        cfg: the hyperparameters.
+        callback: called after every rollout update as ``callback(env_steps, result_so_far)``.
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    if not isinstance(cfg, ACConfig):
+        raise TypeError(f"cfg must be an ACConfig, got {type(cfg).__name__}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(cfg.seed)
+    envs = make_vector_env(cfg.env_id, cfg.num_envs)
+    try:
+        envs.action_space.seed(cfg.seed)
+        state = _build(cfg, envs)
+        collector = RolloutCollector(
+            envs,
+            state.actor,
+            seed=cfg.seed,
+            gamma=cfg.gamma,
+            normalize_obs=cfg.normalize_obs,
+            normalize_reward=cfg.normalize_reward,
+        )
+        log = collector.episodes
+        result = TrainResult(cfg, log.steps, log.returns, log.lengths, log.wall, state=state)
+        update = ppo_update if cfg.algo == "ppo" else blpo_update
+        nested = cfg.algo != "ppo"
+        E, T = cfg.num_envs, cfg.num_steps
+        per_mb = E // cfg.num_minibatches
+        t0 = time.perf_counter()
+        collector.t0 = t0
+        for it in range(cfg.num_updates):
+            if cfg.anneal_lr:
+                frac = 1.0 - it / cfg.num_updates
+                state.actor_opt.param_groups[0]["lr"] = frac * cfg.actor_lr
+                state.critic_opt.param_groups[0]["lr"] = frac * cfg.critic_lr
+            ro = collector.collect(T)
+            batch = prepare_batch(state, ro, cfg, matrices=nested)
+            for _ in range(cfg.update_epochs):
+                perm = torch.randperm(E, generator=state.gen)
+                for j in range(cfg.num_minibatches):
+                    update(state, minibatch(batch, perm[j * per_mb : (j + 1) * per_mb]), cfg)
+            result.curve_steps.append(collector.global_step)
+            result.curve_return.append(final_return(log.returns))
+            result.curve_wall.append(time.perf_counter() - t0)
+            if callback is not None:
+                callback(collector.global_step, result)
+        result.wall_time = time.perf_counter() - t0
+        return result
+    finally:
+        envs.close()

@@ -1,0 +1,383 @@
+"""Tests of birl_lite.actor_critic: GAE, networks, rollouts and episode statistics, PPO/BLPO
+smoke training and determinism, bad configurations, and the exact tabular BLPO check."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from birl_lite.actor_critic import (
+    ACConfig,
+    Actor,
+    Critic,
+    RolloutCollector,
+    clip_correction,
+    differentiable_gae,
+    discount_matrix,
+    gae,
+    make_config,
+    make_vector_env,
+    train,
+)
+from birl_lite.actor_critic.tabular_check import (
+    exact_hypergradient,
+    sampled_hypergradient,
+    tabular_blpo_problem,
+)
+from birl_lite.exercises.ch08 import causal_sums_reference, check_causal_sums
+from birl_lite.exercises.ch09 import check_gae
+
+# ---------------------------------------------------------------- GAE
+
+
+def test_gae_hand_computed():
+    # gamma = lam = 0.5. Env 0 terminates at t = 2; env 1 is truncated at t = 0 (bootstrapped).
+    r = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    v = np.array([[0.5, 0.5], [1.0, 1.0], [1.5, 1.5]])
+    v_next = np.array([[1.0, 1.0], [1.5, 1.5], [2.0, 2.0]])
+    term = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    dones = np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    adv = gae(r, v, v_next, term, dones, 0.5, 0.5)
+    # env 0: delta = (1, 1.75, 1.5); A2 = 1.5, A1 = 1.75 + .25 * 1.5, A0 = 1 + .25 * 2.125
+    # env 1: delta = (1, 1.75, 2.5); A2 = 2.5, A1 = 1.75 + .25 * 2.5, A0 = 1 (episode ends at 0)
+    expected = np.array([[1.53125, 1.0], [2.125, 2.375], [1.5, 2.5]])
+    np.testing.assert_allclose(adv, expected, rtol=0, atol=1e-12)
+
+
+def test_gae_matrix_form_matches_recursion():
+    rng = np.random.default_rng(0)
+    T, E, gamma, lam = 17, 3, 0.97, 0.9
+    r, v, vn = (rng.standard_normal((T, E)) for _ in range(3))
+    dones = (rng.random((T, E)) < 0.2).astype(np.float64)
+    term = dones * (rng.random((T, E)) < 0.5)
+    ref = gae(r, v, vn, term, dones, gamma, lam)
+    M = torch.from_numpy(discount_matrix(dones, gamma * lam)).double()
+    t = [torch.from_numpy(x) for x in (v, vn, r, term)]
+    got = differentiable_gae(*t, M, gamma).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-6)  # the matrix is float32
+
+
+def test_causal_matrix_is_strict_sum_within_episode():
+    dones = np.array([[0.0], [1.0], [0.0], [0.0]])
+    q = np.array([[1.0], [2.0], [4.0], [8.0]])
+    # episode 1 = steps 0,1; episode 2 = steps 2,3
+    np.testing.assert_allclose(causal_sums_reference(q, dones)[:, 0], [2.0, 0.0, 8.0, 0.0])
+
+
+# ---------------------------------------------------------------- networks
+
+
+def test_critic_jvp_matches_torch_func():
+    gen = torch.Generator().manual_seed(0)
+    critic = Critic(3, 16, gen)
+    obs = torch.randn(7, 2, 3, generator=gen)
+    params = {k: p.detach() for k, p in critic.named_parameters()}
+    tangent = {k: torch.randn(p.shape, generator=gen) for k, p in params.items()}
+    v, dv = critic.value_and_jvp(obs, tangent)
+    v_ref, dv_ref = torch.func.jvp(
+        lambda p: torch.func.functional_call(critic, p, (obs,)), (params,), (tangent,)
+    )
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(dv, dv_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_actor_log_prob_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.randn(5, 4, generator=gen)
+    cat = Actor(4, 3, True, 8, gen)
+    a = torch.tensor([0, 2, 1, 1, 0])
+    ref = torch.distributions.Categorical(logits=cat.net(obs)).log_prob(a)
+    torch.testing.assert_close(cat.log_prob(obs, a), ref)
+    gauss = Actor(4, 2, False, 8, gen, log_std_init=-0.3)
+    x = torch.randn(5, 2, generator=gen)
+    ref = torch.distributions.Normal(gauss.net(obs), gauss.log_std.exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(gauss.log_prob(obs, x), ref)
+
+
+def test_numpy_sampling_follows_the_policy():
+    gen = torch.Generator().manual_seed(2)
+    actor = Actor(4, 3, True, 8, gen)
+    with torch.no_grad():
+        actor.net[4].weight.mul_(300.0)  # sharpen the policy so frequencies differ
+    obs = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+    probs = torch.softmax(actor.net(torch.from_numpy(obs)), -1)[0].detach().numpy()
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([actor.act_numpy(np.repeat(obs, 1000, 0), rng) for _ in range(20)])
+    freq = np.bincount(draws, minlength=3) / draws.size
+    assert np.abs(freq - probs).max() < 0.01
+
+
+# ---------------------------------------------------------------- rollouts and episodes
+
+
+def _collector(env_id: str, n: int = 4, seed: int = 0, **kw):
+    envs = make_vector_env(env_id, n)
+    space = envs.single_action_space
+    discrete = hasattr(space, "n")
+    act_dim = int(space.n) if discrete else int(space.shape[0])
+    actor = Actor(
+        envs.single_observation_space.shape[0],
+        act_dim,
+        discrete,
+        16,
+        torch.Generator().manual_seed(seed),
+    )
+    return envs, RolloutCollector(envs, actor, seed=seed, gamma=0.99, **kw)
+
+
+def test_episode_statistics_with_gymnasium_vector_autoreset():
+    envs, col = _collector("CartPole-v1")
+    rollouts = [col.collect(100) for _ in range(3)]
+    envs.close()
+    log = col.episodes
+    n_done = int(sum(ro.dones.sum() for ro in rollouts))
+    assert n_done >= 20 and len(log.returns) == n_done  # every completed episode is recorded
+    assert log.returns == [float(n) for n in log.lengths]  # CartPole pays 1 per step
+    # no step is lost or invented: finished + unfinished lengths = all env steps
+    assert sum(log.lengths) + int(col.ep_length.sum()) == col.global_step == 3 * 100 * 4
+    # the stored next observation of a finished episode is its final observation, not the reset
+    ro = rollouts[0]
+    t, e = map(int, np.argwhere(ro.dones[:-1] == 1)[0])
+    assert not np.allclose(ro.next_obs[t, e], ro.obs[t + 1, e])
+    np.testing.assert_array_equal(
+        ro.next_obs[:-1][ro.dones[:-1] == 0], ro.obs[1:][ro.dones[:-1] == 0]
+    )
+    assert np.abs(ro.next_obs[t, e][2]) > 0.2 or np.abs(ro.next_obs[t, e][0]) > 2.4
+
+
+def test_time_limit_is_truncation_not_termination():
+    envs, col = _collector("Pendulum-v1", n=2, normalize_obs=True, normalize_reward=True)
+    ro = col.collect(400)
+    envs.close()
+    assert col.episodes.lengths == [200, 200, 200, 200]
+    assert ro.terminated.sum() == 0 and ro.dones.sum() == 4
+    assert all(-2000 < r < 0 for r in col.episodes.returns)  # raw, not normalized, rewards
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo-nested", "blpo-cg", "blpo-nystrom"])
+def test_cartpole_smoke_training_is_deterministic(algo):
+    cfg = make_config(algo, "CartPole-v1", total_steps=2048, seed=3)
+    a, b = train(cfg), train(cfg)
+    assert len(a.episode_returns) > 10
+    assert a.episode_returns == b.episode_returns
+    assert a.curve_steps == [512, 1024, 1536, 2048]
+    for p, q in zip(a.state.actor.parameters(), b.state.actor.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "blpo-nystrom"])
+def test_pendulum_smoke_training_is_deterministic(algo):
+    cfg = make_config(algo, "Pendulum-v1", total_steps=512, num_steps=64, seed=1)
+    a, b = train(cfg), train(cfg)
+    assert len(a.episode_returns) == 0  # 128 steps per env < 200
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(a.state.actor.parameters(), b.state.actor.parameters(), strict=True)
+    )
+    assert torch.isfinite(a.state.actor.log_std).all()
+
+
+def test_blpo_differs_from_nesting_alone():
+    runs = [
+        train(make_config(a, "CartPole-v1", total_steps=1024, seed=0))
+        for a in ("ppo-nested", "blpo-nystrom")
+    ]
+    w = [torch.cat([p.reshape(-1) for p in r.state.actor.parameters()]) for r in runs]
+    assert not torch.equal(w[0], w[1])  # the correction changes the actor step
+
+
+def test_clip_correction():
+    g = torch.tensor([3.0, 4.0])
+    c, s = clip_correction(torch.tensor([0.0, 10.0]), g, 1.0)
+    assert s == pytest.approx(0.5) and float(c.norm()) == pytest.approx(5.0)
+    c, s = clip_correction(torch.tensor([1.0, 0.0]), g, 1.0)
+    assert s == 1.0 and torch.equal(c, torch.tensor([1.0, 0.0]))
+
+
+# ---------------------------------------------------------------- configuration errors
+
+
+def test_bad_configs_give_clear_errors():
+    with pytest.raises(ValueError, match="env_id must be a registered gymnasium id"):
+        make_config("ppo", "NoSuchEnv-v9")
+    with pytest.raises(ValueError, match="algo must be one of"):
+        make_config("sac", "CartPole-v1")
+    with pytest.raises(ValueError, match="nystrom_rank must be an integer >= 1"):
+        make_config("blpo-nystrom", "CartPole-v1", nystrom_rank=0)
+    with pytest.raises(ValueError, match="num_minibatches"):
+        ACConfig(num_envs=4, num_minibatches=3)
+    with pytest.raises(TypeError, match="unknown ACConfig field"):
+        make_config("ppo", "CartPole-v1", learning_rate=1e-3)
+    with pytest.raises(ValueError, match="gamma"):
+        ACConfig(gamma=1.0)
+    with pytest.raises(ValueError, match="flat Box observation"):
+        make_vector_env("FrozenLake-v1", 2)
+
+
+def test_config_defaults_are_the_published_blpo_settings():
+    c = ACConfig()
+    assert (c.num_envs, c.num_steps, c.update_epochs, c.gamma, c.gae_lambda, c.clip_coef) == (
+        4,
+        128,
+        4,
+        0.99,
+        0.95,
+        0.2,
+    )
+    assert (c.actor_lr, c.critic_lr, c.critic_steps, c.nystrom_rank, c.nystrom_rho) == (
+        2.5e-4,
+        1e-3,
+        3,
+        5,
+        50.0,
+    )
+    assert (c.correction_bound, c.ent_coef, c.hidden) == (1.0, 0.0, 64)
+    assert make_config("ppo", "Pendulum-v1").gamma == 0.9  # the preset
+
+
+# ---------------------------------------------------------------- exact tabular check
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    problem = tabular_blpo_problem(seed=0)
+    return problem, exact_hypergradient(problem)
+
+
+def test_exact_hypergradient_equals_total_derivative(tabular):
+    _, ex = tabular
+    # implicit function theorem vs autograd through the closed-form best response
+    torch.testing.assert_close(ex.hypergradient, ex.total_derivative, atol=1e-12, rtol=1e-10)
+    assert float(ex.mixed.norm()) > 0.05 * float(ex.grad_theta.norm())  # the correction matters
+
+
+def test_exact_mixed_term_matches_finite_differences(tabular):
+    problem, ex = tabular
+    eps = 1e-6
+
+    def grad_w_L_dot_u(theta):
+        w = ex.w_star.clone().requires_grad_(True)
+        return float(torch.autograd.grad(problem.follower_loss(theta, w), w)[0] @ ex.u)
+
+    fd = torch.zeros_like(ex.mixed)
+    for s in range(fd.shape[0]):
+        for a in range(fd.shape[1]):
+            e = torch.zeros_like(fd)
+            e[s, a] = eps
+            th = problem.theta_old
+            fd[s, a] = (grad_w_L_dot_u(th + e) - grad_w_L_dot_u(th - e)) / (2 * eps)
+    torch.testing.assert_close(fd, ex.mixed, atol=1e-8, rtol=1e-6)
+
+
+def test_exact_hessian_closed_form(tabular):
+    problem, ex = tabular
+    p = problem.state_distributions(problem.pi_old)
+    H = 2.0 / problem.horizon * problem.phi.T @ (p.sum(0)[:, None] * problem.phi)
+    torch.testing.assert_close(ex.hessian, H, atol=1e-12, rtol=1e-10)
+
+
+def test_sampled_estimator_agrees_with_exact_hypergradient(tabular):
+    problem, ex = tabular
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    est = sampled_hypergradient(problem, ex.w_star, 20_000, seed=7)
+    assert rel(est.grad_w, ex.grad_w) < 0.03
+    assert rel(est.hessian, ex.hessian) < 0.01
+    assert rel(est.hypergradient, ex.hypergradient) < 0.08
+    # the mixed term alone (exact u): unbiased, within a few standard errors
+    mixed = sampled_hypergradient(problem, ex.w_star, 20_000, seed=7, u=ex.u).mixed
+    assert rel(mixed, ex.mixed) < 0.35  # relative std of the estimate ~0.15 at n = 20k
+    # Nystrom at full rank with no damping is the exact solve
+    ny = sampled_hypergradient(problem, ex.w_star, 2_000, seed=1, solver="nystrom", rho=1e-12)
+    ref = sampled_hypergradient(problem, ex.w_star, 2_000, seed=1, solver="exact")
+    torch.testing.assert_close(ny.u, ref.u, atol=1e-8, rtol=1e-6)
+
+
+def test_sampled_error_shrinks_with_samples(tabular):
+    problem, ex = tabular
+    errs = []
+    for n in (300, 30_000):
+        e = [
+            float(
+                (
+                    sampled_hypergradient(problem, ex.w_star, n, seed=s).hypergradient
+                    - ex.hypergradient
+                ).norm()
+            )
+            for s in range(4)
+        ]
+        errs.append(math.sqrt(np.mean(np.square(e))))
+    assert errs[1] < 0.3 * errs[0]  # 1/sqrt(100) = 0.1 expected
+
+
+# ---------------------------------------------------------------- exercise checkers
+
+
+def test_check_causal_sums(capsys):
+    assert check_causal_sums(causal_sums_reference)
+
+    def wrong(q, dones):  # includes t' = t
+        return causal_sums_reference(q, dones) + q
+
+    assert not check_causal_sums(wrong)
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_check_gae(capsys):
+    assert check_gae(gae)
+
+    def wrong(r, v, vn, term, dones, gamma, lam):  # ignores truncation bootstrapping
+        return gae(r, v, vn, dones, dones, gamma, lam)
+
+    assert not check_gae(wrong)
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_blpo_direction_solves_the_damped_system():
+    from birl_lite.actor_critic import blpo_direction
+    from birl_lite.actor_critic.train import _build
+    from birl_lite.ihvp import make_hvp
+
+    cfg = make_config("blpo-nystrom", "CartPole-v1", seed=0)
+    envs = make_vector_env(cfg.env_id, cfg.num_envs)
+    state = _build(cfg, envs)
+    col = RolloutCollector(envs, state.actor, seed=0, gamma=cfg.gamma)
+    ro = col.collect(32)
+    envs.close()
+    obs = torch.from_numpy(ro.obs)
+    with torch.no_grad():
+        values = state.critic(obs)
+        mb = {
+            "obs": obs,
+            "next_obs": torch.from_numpy(ro.next_obs),
+            "actions": torch.from_numpy(ro.actions),
+            "rewards": torch.from_numpy(ro.rewards),
+            "terminated": torch.from_numpy(ro.terminated),
+            "old_logp": state.actor.log_prob(obs, torch.from_numpy(ro.actions)),
+            "returns": values + 1.0 + torch.from_numpy(ro.rewards),
+            "gae_matrix": torch.from_numpy(discount_matrix(ro.dones, 0.99 * 0.95)),
+            "causal_matrix": torch.from_numpy(discount_matrix(ro.dones, 1.0, strict=True)),
+        }
+    d = blpo_direction(state, mb, cfg, solver="cg", rank=200, rho=1.0)
+    # at ratio 1 with normalized advantages, grad_w J must not vanish (statistics are constants)
+    assert float(d.g_w.norm()) > 1e-3
+    params = {k: p.detach() for k, p in state.critic.named_parameters()}
+    hvp = make_hvp(
+        lambda p: (
+            (torch.func.functional_call(state.critic, p, (mb["obs"],)) - mb["returns"]) ** 2
+        ).mean(),
+        params,
+    )
+    resid = hvp(d.u) + 1.0 * d.u - d.g_w
+    assert float(resid.norm()) < 1e-3 * float(d.g_w.norm())
+    assert float(d.correction.norm()) <= cfg.correction_bound * float(d.g_theta.norm()) + 1e-6
+    torch.testing.assert_close(d.direction, d.g_theta - d.correction)
+    plain = blpo_direction(state, mb, cfg, solver="none")
+    torch.testing.assert_close(plain.direction, d.g_theta)
+    assert plain.u is None
