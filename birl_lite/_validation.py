@@ -75,6 +75,13 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_choice(value, name: str, choices) -> str:
+    """One of the allowed option strings; ``ValueError`` naming ``name`` and the choices otherwise."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def check_distribution(p, name: str, size: int, atol: float = 1e-8) -> torch.Tensor:
     """A probability vector of length ``size``: non-negative, summing to 1 within ``atol``."""
     t = as_tensor(p, name)

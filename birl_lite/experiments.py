@@ -31,6 +31,7 @@ import torch
 
 from .actor_critic.config import ALGOS, ACConfig, make_config
 from .actor_critic.train import train
+from .plotting import confidence_band
 
 __all__ = [
     "CurveBand",
@@ -210,10 +211,6 @@ def load_results(folder: str | os.PathLike) -> list[dict]:
     return out
 
 
-# two-sided 95% quantiles of Student's t with 1..10 degrees of freedom
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
 def run_label(record: dict) -> str:
     """``algo`` plus the overrides that name the file (``blpo-nystrom__nystrom_rank=10``)."""
     name = record.get("file", "")
@@ -257,11 +254,7 @@ def curve_band(records: Sequence[dict]) -> CurveBand:
         dtype=float,
     )
     n = len(records)
-    mean = Y.mean(axis=0)
-    if n > 1:
-        half = _T95[min(n - 1, len(_T95)) - 1] * Y.std(axis=0, ddof=1) / np.sqrt(n)
-    else:
-        half = np.zeros_like(mean)
+    mean, half = confidence_band(Y)
     return CurveBand(list(steps), mean.tolist(), (mean - half).tolist(), (mean + half).tolist(), n)
 
 

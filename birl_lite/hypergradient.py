@@ -38,8 +38,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real, check_tau
-from .mdp import TabularMDP
+from ._validation import (
+    DTYPE,
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_real,
+    check_tau,
+)
+from .mdp import TabularMDP, check_mdp
 from .soft import (
     ConvergenceWarning,
     entropy,
@@ -150,12 +158,6 @@ class AIDResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_mdp(mdp) -> TabularMDP:
-    if not isinstance(mdp, TabularMDP):
-        raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    return mdp
-
-
 def _check_x(x) -> torch.Tensor:
     x = as_tensor(x, "x").detach()
     if x.ndim != 1:
@@ -166,12 +168,6 @@ def _check_x(x) -> torch.Tensor:
         raise ValueError("x must have at least one entry")
     check_finite(x, "x")
     return x
-
-
-def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def _call_reward(reward_fn: RewardFn, x: torch.Tensor, mdp: TabularMDP) -> torch.Tensor:
@@ -239,7 +235,7 @@ def reward_jacobian(reward_fn: RewardFn, x, mdp: TabularMDP | None = None) -> to
     """
     x = _check_x(x)
     if mdp is not None:
-        r = _call_reward(reward_fn, x, _check_mdp(mdp))
+        r = _call_reward(reward_fn, x, check_mdp(mdp))
         n_out = r.numel()
     else:
         with torch.no_grad():
@@ -397,12 +393,12 @@ def hypergradient(
         ValueError: (or TypeError) for a non-MDP, ``x`` not 1-D, ``tau <= 0``, unknown options,
             ``reward_fn(x)`` not of shape ``[S, A]``, or ``upper_fn`` not returning a scalar.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
-    form = _check_choice(form, "form", _FORMS)
-    linear_solver = _check_choice(linear_solver, "linear_solver", _LINEAR_SOLVERS)
-    forward = _check_choice(forward, "forward", _FORWARDS)
+    form = check_choice(form, "form", _FORMS)
+    linear_solver = check_choice(linear_solver, "linear_solver", _LINEAR_SOLVERS)
+    forward = check_choice(forward, "forward", _FORWARDS)
     tol = check_real(tol, "tol")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
@@ -509,10 +505,10 @@ def return_hypergradient(
         :class:`HypergradientResult` with ``phi = -J_U(pi*_x)`` and ``info`` holding ``d``,
         ``Q_U``, ``dV_dx``, ``dQ_dx``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
-    forward = _check_choice(forward, "forward", _FORWARDS)
+    forward = check_choice(forward, "forward", _FORWARDS)
     tol = check_real(tol, "tol")
     r_U = as_tensor(r_U, "r_U").detach()
     S, A = mdp.n_states, mdp.n_actions
@@ -563,10 +559,10 @@ def hyperobjective(
 
     Args: as :func:`hypergradient`. Returns a detached 0-dim float64 tensor.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
-    forward = _check_choice(forward, "forward", _FORWARDS)
+    forward = check_choice(forward, "forward", _FORWARDS)
     tol = check_real(tol, "tol")
     with torch.no_grad():
         r = _call_reward(reward_fn, x, mdp)
@@ -599,7 +595,7 @@ def unrolled_hypergradient(
         :class:`ReferenceHypergradient` (``info``: ``n_sweeps``, ``last_change``
         ``||V_K - V_{K-1}||_inf``, ``seconds``).
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
     K = check_positive_int(n_sweeps, "n_sweeps", minimum=0)
@@ -653,7 +649,7 @@ def finite_difference_hypergradient(
     Returns:
         :class:`ReferenceHypergradient` (``info``: ``eps``, ``n_solves``, ``seconds``).
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
     eps = check_real(eps, "eps")
@@ -711,7 +707,7 @@ def logit_objective(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
     Returns:
         0-dim tensor ``J_tau``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = as_tensor(r, "r")
     S, A = mdp.n_states, mdp.n_actions
@@ -736,7 +732,7 @@ def logit_hessian(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
     Returns:
         ``[S*A, S*A]`` symmetric tensor (symmetrized to remove round-off asymmetry).
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = as_tensor(r, "r").detach()
     S, A = mdp.n_states, mdp.n_actions
@@ -798,10 +794,10 @@ def aid_hypergradient(
     Raises:
         ValueError: for ``method="solve"`` when ``H + damping I`` is exactly singular.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     x = _check_x(x)
     tau = check_tau(tau)
-    method = _check_choice(method, "method", ("pinv", "solve"))
+    method = check_choice(method, "method", ("pinv", "solve"))
     damping = check_real(damping, "damping")
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")

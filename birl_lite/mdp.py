@@ -123,6 +123,13 @@ class TabularMDP:
         )
 
 
+def check_mdp(mdp) -> TabularMDP:
+    """Return ``mdp`` if it is a :class:`TabularMDP`; ``TypeError`` naming the argument otherwise."""
+    if not isinstance(mdp, TabularMDP):
+        raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    return mdp
+
+
 @dataclass(frozen=True)
 class TabularTask:
     """A tabular MDP with its reward table, and the map it was drawn from, if any.

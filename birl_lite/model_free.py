@@ -72,6 +72,7 @@ from tqdm import tqdm
 from ._validation import (
     DTYPE,
     as_tensor,
+    check_choice,
     check_finite,
     check_gamma,
     check_positive_int,
@@ -146,12 +147,6 @@ def _check_policy(pi, S: int, A: int, name: str = "pi") -> np.ndarray:
     if bool((t < 0).any()) or bool(((t.sum(-1) - 1.0).abs() > 1e-6).any()):
         raise ValueError(f"{name} must be a policy: non-negative rows summing to 1")
     return t.numpy().astype(np.float64)
-
-
-def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def _rng(seed) -> np.random.Generator:
@@ -486,8 +481,8 @@ def soft_q_learning(
     step_size = StepSize() if step_size is None else step_size
     if not isinstance(step_size, StepSize):
         raise TypeError(f"step_size must be a StepSize, got {type(step_size).__name__}")
-    _check_choice(behaviour, "behaviour", ("softmax", "uniform"))
-    _check_choice(terminal, "terminal", _TERMINAL)
+    check_choice(behaviour, "behaviour", ("softmax", "uniform"))
+    check_choice(terminal, "terminal", _TERMINAL)
     Q = np.zeros((S, A)) if Q0 is None else _table(Q0, S, A, "Q0").copy()
     counts = np.zeros((S, A), dtype=np.int64)
     V_term = _absorbing_values(r_np, tau, gamma) if terminal == "absorbing" else np.zeros(S)
@@ -660,8 +655,8 @@ def fit_critic(
         :class:`Critic`.
     """
     S, A, gamma = batch.n_states, batch.n_actions, batch.gamma
-    _check_choice(method, "method", _CRITICS)
-    _check_choice(terminal, "terminal", _TERMINAL)
+    check_choice(method, "method", _CRITICS)
+    check_choice(terminal, "terminal", _TERMINAL)
     _check_policy(pi, S, A)
     dr = as_tensor(dr_dx, "dr_dx").detach()
     if dr.ndim != 3 or tuple(dr.shape[:2]) != (S, A):
@@ -797,8 +792,8 @@ def hypergradient_from_batch(
     pi_t = torch.as_tensor(pi_np, dtype=DTYPE)
     dr = as_tensor(dr_dx, "dr_dx").detach()
     c_U = check_real(return_weight, "return_weight")
-    _check_choice(estimator, "estimator", _ESTIMATORS)
-    _check_choice(critic, "critic", _CRITICS)
+    check_choice(estimator, "estimator", _ESTIMATORS)
+    check_choice(critic, "critic", _CRITICS)
     E = batch.n_episodes
     J_U = torch.tensor(float(batch.reward.sum()) / E, dtype=DTYPE)
     needs_critic = estimator == "full" or c_U != 0.0
@@ -968,7 +963,7 @@ class ModelFreeProblem:
         object.__setattr__(self, "tau", check_tau(self.tau))
         object.__setattr__(self, "gamma", check_gamma(self.gamma))
         object.__setattr__(self, "return_weight", check_real(self.return_weight, "return_weight"))
-        _check_choice(self.terminal, "terminal", _TERMINAL)
+        check_choice(self.terminal, "terminal", _TERMINAL)
 
     def dr_dx(self, x: torch.Tensor) -> torch.Tensor:
         """``grad_x r_x`` ``[S, A, n]``: analytic if given, else autograd."""
@@ -1081,9 +1076,9 @@ class SoBiRLConfig:
             ("seed", 0),
         ):
             object.__setattr__(self, name, check_positive_int(getattr(self, name), name, minimum))
-        _check_choice(self.lower, "lower", _LOWERS)
-        _check_choice(self.critic, "critic", _CRITICS)
-        _check_choice(self.estimator, "estimator", _ESTIMATORS)
+        check_choice(self.lower, "lower", _LOWERS)
+        check_choice(self.critic, "critic", _CRITICS)
+        check_choice(self.estimator, "estimator", _ESTIMATORS)
         StepSize(self.omega, self.alpha_min)
         for name in ("progress", "record_iterates"):
             if not isinstance(getattr(self, name), bool):

@@ -41,7 +41,7 @@ from ._validation import (
     check_tau,
 )
 from .hypergradient import RewardFn, UpperFn
-from .mdp import TabularMDP, TabularTask, four_rooms, random_mdp
+from .mdp import TabularMDP, TabularTask, check_mdp, four_rooms, random_mdp
 from .soft import soft_policy_iteration, state_visitation, transition_under
 
 __all__ = [
@@ -82,8 +82,7 @@ class BilevelProblem:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mdp, TabularMDP):
-            raise TypeError(f"mdp must be a TabularMDP, got {type(self.mdp).__name__}")
+        check_mdp(self.mdp)
         if not callable(self.reward_fn):
             raise TypeError("reward_fn must be callable: x [n] -> r [S, A]")
         if not callable(self.upper_fn):

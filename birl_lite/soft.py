@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real, check_tau
-from .mdp import TabularMDP
+from .mdp import TabularMDP, check_mdp
 
 __all__ = [
     "SoftVIResult",
@@ -77,12 +77,6 @@ class SoftVIResult:
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_mdp(mdp) -> TabularMDP:
-    if not isinstance(mdp, TabularMDP):
-        raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    return mdp
 
 
 def _check_reward(mdp: TabularMDP, r, *, vector_ok: bool = False) -> torch.Tensor:
@@ -173,7 +167,7 @@ def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
     Returns:
         ``T V``, shape ``[S]``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
     V = _check_values(mdp, V)
@@ -182,7 +176,7 @@ def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
 
 def bellman(mdp: TabularMDP, r, V) -> torch.Tensor:
     """The (hard) Bellman optimality operator ``(T_0 V)(s) = max_a Q(s, a)``: the ``tau -> 0`` limit."""
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     r = _check_reward(mdp, r)
     V = _check_values(mdp, V)
     return q_values(mdp, r, V).max(dim=-1).values
@@ -240,7 +234,7 @@ def soft_value_iteration(
         :class:`SoftVIResult` with ``V`` ``[S]``, ``Q`` ``[S, A]``, ``pi`` ``[S, A]``, ``n_iter``,
         ``residuals`` (one per sweep) and ``converged``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
     tol = check_real(tol, "tol")
@@ -285,7 +279,7 @@ def soft_policy_iteration(
     Args and returns: as :func:`soft_value_iteration` (``n_iter`` counts Newton steps;
     ``residuals[k] = ||T V_k - V_k||_inf`` of the k-th iterate, the last one of the returned ``V``).
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
     tol = check_real(tol, "tol")
@@ -334,7 +328,7 @@ def value_iteration(
 
     Returns a :class:`SoftVIResult` whose ``pi`` is the greedy (one-hot) policy.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     r = _check_reward(mdp, r)
     max_iter = check_positive_int(max_iter, "max_iter")
     V = torch.zeros(mdp.n_states, dtype=DTYPE) if V0 is None else _check_values(mdp, V0, "V0")
@@ -358,7 +352,7 @@ def value_iteration(
 
 def transition_under(mdp: TabularMDP, pi) -> torch.Tensor:
     """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s, a)``, the state-to-state kernel of ``pi``; ``[S, S]``."""
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     pi = _check_policy(mdp, pi)
     return torch.einsum("sa,sat->st", pi, mdp.P)
 
@@ -402,7 +396,7 @@ def evaluate_policy(
     Returns:
         ``V`` of shape ``[S]`` or ``[S, ...]``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     pi = _check_policy(mdp, pi)
     r = _check_reward(mdp, r, vector_ok=True)
     tau = check_real(tau, "tau")
@@ -446,7 +440,7 @@ def state_visitation(mdp: TabularMDP, pi, *, rho=None, normalize: bool = False) 
     Returns:
         ``d`` of shape ``[S]``.
     """
-    mdp = _check_mdp(mdp)
+    mdp = check_mdp(mdp)
     P_pi = transition_under(mdp, pi)
     rho = mdp.rho if rho is None else _check_values(mdp, rho, "rho")
     eye = torch.eye(mdp.n_states, dtype=DTYPE)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
+from .._validation import check_choice
+
 __all__ = ["ALGOS", "ENV_PRESETS", "ACConfig", "make_config"]
 
 #: The four algorithms sharing one rollout / GAE / evaluation code path.
@@ -111,8 +113,7 @@ class ACConfig:
     log_std_init: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
+        check_choice(self.algo, "algo", ALGOS)
         if not isinstance(self.env_id, str) or self.env_id not in gym.registry:
             raise ValueError(
                 f"env_id must be a registered gymnasium id (e.g. 'CartPole-v1'), got {self.env_id!r}"
