@@ -322,6 +322,19 @@ class _Operator:
             )
         return hx.detach().to(self.dtype)
 
+    def matmat(self, X: torch.Tensor) -> torch.Tensor:
+        """``H X`` for ``X [dim, B]``: one batched call when the HVP offers ``matmat`` (as
+        :class:`~birl_lite.actor_critic.derivatives.MSEHessian` does), else ``B`` HVPs."""
+        batched = getattr(self.hvp, "matmat", None)
+        if batched is None:
+            return torch.stack([self(x) for x in X.T], dim=1)
+        HX = batched(X)
+        self.n_hvp += X.shape[1]
+        if not isinstance(HX, torch.Tensor) or HX.shape != X.shape:
+            got = tuple(HX.shape) if isinstance(HX, torch.Tensor) else type(HX).__name__
+            raise ValueError(f"hvp.matmat(X) returned {got}, expected {tuple(X.shape)}")
+        return HX.detach().to(self.dtype)
+
     def output(self, flat_u: torch.Tensor) -> Tree:
         if not self.as_dict:
             return flat_u
@@ -590,7 +603,8 @@ def ihvp_nystrom(
     ``H_k = H`` and the result is the exact ``(H + rho I)^{-1} v``.
 
     Args:
-        hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
+        hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors; if it also has
+            ``matmat(X) -> H X`` (``X [dim, B]``), the k columns are computed in one call.
         v: right-hand side (flat tensor or dict).
         rank: number of columns ``1 <= k <= dim``.
         rho: damping ``> 0`` (the Woodbury identity divides by it).
@@ -617,12 +631,9 @@ def ihvp_nystrom(
             raise ValueError(f"indices must hold {rank} distinct entries, got {K.tolist()}")
         if bool((K < 0).any()) or bool((K >= op.dim).any()):
             raise ValueError(f"indices must lie in [0, {op.dim}), got {K.tolist()}")
-    cols = []
-    for j in K.tolist():
-        e = torch.zeros(op.dim, dtype=op.dtype)
-        e[j] = 1.0
-        cols.append(op(e))
-    C = torch.stack(cols, dim=1)
+    E = torch.zeros(op.dim, rank, dtype=op.dtype)
+    E[K, torch.arange(rank)] = 1.0
+    C = op.matmat(E)  # the k columns H[:, K], batched when the HVP allows it
     M = C[K, :]
     u, info = nystrom_woodbury(C, M, op.flat_v, rho, safeguard=safeguard)
     info["indices"] = K

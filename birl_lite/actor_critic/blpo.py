@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ihvp import ihvp_cg, ihvp_nystrom, make_hvp
+from ..ihvp import ihvp_cg, ihvp_nystrom
 from .config import ACConfig
-from .ppo import clipped_surrogate, critic_loss, normalize, step
+from .derivatives import MSEHessian, mlp_forward, mlp_jvp, mlp_vjp, policy_log_prob, policy_vjp
+from .ppo import normalize
 
 __all__ = [
     "BLPODirection",
@@ -98,6 +99,20 @@ class BLPODirection:
     n_hvp: int
 
 
+def _surrogate_partials(
+    ratio: torch.Tensor, adv: torch.Tensor, clip_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial derivatives of :func:`~.ppo.clipped_surrogate` ``J = mean_i min(r_i A_i,
+    clip(r_i) A_i)``: ``(dJ/dr, dJ/dA)``, both shaped like ``ratio``.
+
+    Where the unclipped term is the minimum (ties included): ``dJ/dr = A / n``, ``dJ/dA = r / n``;
+    elsewhere the clipped term is, so ``dJ/dr = 0`` and ``dJ/dA = clip(r) / n``."""
+    n = ratio.numel()
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    unclipped = ratio * adv <= clipped * adv
+    return torch.where(unclipped, adv, 0.0) / n, torch.where(unclipped, ratio, clipped) / n
+
+
 def blpo_direction(
     state,
     mb: dict[str, torch.Tensor],
@@ -108,6 +123,11 @@ def blpo_direction(
     rho: float | None = None,
 ) -> BLPODirection:
     """Steps 2-5 of the BLPO update (module docstring) at the current actor and critic.
+
+    Every derivative is by the explicit formulas of :mod:`~.derivatives` (backpropagation and
+    its R-operator written out, batched), which give the numbers autograd gives at a fraction
+    of its overhead on these small networks; ``tests/test_derivatives.py`` checks this function
+    against an autograd implementation.
 
     Args:
         state: holds ``actor``, ``critic``, their parameter lists and ``gen`` (Nystrom indices).
@@ -120,69 +140,95 @@ def blpo_direction(
         :class:`BLPODirection`.
     """
     actor, critic = state.actor, state.critic
-    obs, returns = mb["obs"], mb["returns"]
     if solver is None:
         solver = {"blpo-nystrom": "nystrom", "blpo-cg": "cg"}.get(cfg.algo, "none")
     if solver not in ("nystrom", "cg", "none"):
         raise ValueError(f"solver must be 'nystrom', 'cg' or 'none', got {solver!r}")
+    T, m = mb["rewards"].shape
+    n = T * m
+    obs = mb["obs"].reshape(n, -1)
+    returns = mb["returns"].reshape(n)
+    actions = mb["actions"].reshape(n, *mb["actions"].shape[2:])
 
-    # 2. leader objective with GAE recomputed from the current critic
+    # 2. leader objective J(theta, w): clipped surrogate with GAE from the current critic
+    crit = mlp_forward(critic.net, torch.cat([obs, mb["next_obs"].reshape(n, -1)]))
+    values = crit.y.reshape(2, T, m)
+    adv = differentiable_gae(
+        values[0], values[1], mb["rewards"], mb["terminated"], mb["gae_matrix"], cfg.gamma
+    )
+    adv_scale = 1.0
+    if cfg.norm_adv:  # statistics are constants (see ppo.normalize)
+        adv_scale = 1.0 / (float(adv.std()) + 1e-8)
+        adv = normalize(adv)
+    pol = mlp_forward(actor.net, obs)
+    ratio = torch.exp(policy_log_prob(actor, pol, actions) - mb["old_logp"].reshape(n))
+    dJ_dratio, dJ_dadv = _surrogate_partials(ratio, adv.reshape(n), cfg.clip_coef)
+    # d/dlogp of J (and, below, of the score-function surrogate): ratio_t d/dratio_t
+    cotangents = [dJ_dratio * ratio]
+
     correct = solver != "none"
-    with torch.set_grad_enabled(correct):
-        v_all = critic(torch.cat([obs, mb["next_obs"]]))
-        T = obs.shape[0]
-        adv = differentiable_gae(
-            v_all[:T], v_all[T:], mb["rewards"], mb["terminated"], mb["gae_matrix"], cfg.gamma
-        )
-        if cfg.norm_adv:
-            adv = normalize(adv)
-    ratio = torch.exp(actor.log_prob(obs, mb["actions"]) - mb["old_logp"])
-    J = clipped_surrogate(ratio, adv, cfg.clip_coef)
-    if cfg.ent_coef > 0:
-        J = J + cfg.ent_coef * actor.entropy(obs).mean()
+    if correct:
+        # g_w = grad_w J through A(w): GAE's transpose, then d delta / dV, then backprop
+        d_delta = torch.einsum("etu,te->ue", mb["gae_matrix"], (dJ_dadv * adv_scale).view(T, m))
+        dV = torch.cat([-d_delta, cfg.gamma * (1.0 - mb["terminated"]) * d_delta])
+        g_w = mlp_vjp(critic.net, crit, dV.reshape(2 * n, 1))
+
+        # 3. iHVP u ~ (H + rho I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
+        hessian = MSEHessian(critic.net, obs, returns)
+        if solver == "nystrom":
+            res = ihvp_nystrom(
+                hessian,
+                g_w,
+                rank=cfg.nystrom_rank if rank is None else rank,
+                rho=cfg.nystrom_rho if rho is None else rho,
+                generator=state.gen,
+            )
+        else:
+            res = ihvp_cg(
+                hessian,
+                g_w,
+                max_iter=cfg.cg_iters if rank is None else rank,
+                rho=cfg.cg_rho if rho is None else rho,
+                tol=1e-10,
+            )
+
+        # 4. mixed term by the score function: c = grad_theta mean_t ratio_t C_t, with
+        #    q_t = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u) and C_t = sum_{t' > t} q_t'
+        dv = mlp_jvp(critic.net, hessian.acts, res.u).reshape(T, m)
+        q = 2.0 * (values[0] - mb["returns"]) * dv
+        causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q).reshape(n)
+        cotangents.append(ratio * causal / n)
+
+    grads = policy_vjp(actor, pol, actions, torch.stack(cotangents))
+    g_theta = grads[0]
+    if cfg.ent_coef > 0:  # entropy bonus: a rarely used extra, differentiated by autograd
+        ent = cfg.ent_coef * actor.entropy(obs).mean()
+        g_theta = g_theta + _flat(torch.autograd.grad(ent, state.actor_params))
     if not correct:
-        g = _flat(torch.autograd.grad(J, state.actor_params))
-        return BLPODirection(g, None, None, None, None, 1.0, g, 0)
-    grads = torch.autograd.grad(J, state.actor_params + state.critic_params, retain_graph=True)
-    n_actor = len(state.actor_params)
-    g_theta, g_w = _flat(grads[:n_actor]), _flat(grads[n_actor:])
-
-    # 3. iHVP u ~ (H + rho I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
-    params = {k: p.detach() for k, p in critic.named_parameters()}
-
-    def follower_loss(p):
-        return critic_loss(torch.func.functional_call(critic, p, (obs,)), returns)
-
-    hvp = make_hvp(follower_loss, params)
-    if solver == "nystrom":
-        res = ihvp_nystrom(
-            hvp,
-            g_w,
-            rank=cfg.nystrom_rank if rank is None else rank,
-            rho=cfg.nystrom_rho if rho is None else rho,
-            generator=state.gen,
-        )
-    else:
-        res = ihvp_cg(
-            hvp,
-            g_w,
-            max_iter=cfg.cg_iters if rank is None else rank,
-            rho=cfg.cg_rho if rho is None else rho,
-            tol=1e-10,
-        )
-    u = hvp.unflatten(res.u)
-
-    # 4. mixed term by the score function: grad_theta mean_t ratio_t * C_t
-    with torch.no_grad():
-        v, dv = critic.value_and_jvp(obs, u)
-        q = 2.0 * (v - returns) * dv
-        causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q)
-    surrogate = (ratio * causal).mean()
-    c_raw = _flat(torch.autograd.grad(surrogate, state.actor_params))
+        return BLPODirection(g_theta, None, None, None, None, 1.0, g_theta, 0)
 
     # 5. clip the correction relative to the direct gradient
+    c_raw = grads[1]
     c, scale = clip_correction(c_raw, g_theta, cfg.correction_bound)
     return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
+
+
+def _set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        k = p.numel()
+        p.grad = flat[offset : offset + k].view_as(p)
+        offset += k
+
+
+def _flat_step(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flat: torch.Tensor, max_norm
+) -> None:
+    """:func:`~.ppo.step` for a flat gradient: clip its norm to ``max_norm`` (the scaling of
+    ``torch.nn.utils.clip_grad_norm_``) and take an optimizer step."""
+    flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
+    _set_grads(params, flat)
+    optimizer.step()
 
 
 def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
@@ -192,20 +238,16 @@ def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, 
     generator of the Nystrom indices); ``mb`` the minibatch tensors ``[T, m, ...]`` including
     ``gae_matrix`` and ``causal_matrix`` ``[m, T, T]``. Returns diagnostics."""
     # 1. nesting: K critic steps towards the best response w*(theta)
+    obs = mb["obs"].reshape(-1, mb["obs"].shape[-1])
+    returns = mb["returns"].reshape(-1, 1)
     for _ in range(cfg.critic_steps):
-        L = critic_loss(state.critic(mb["obs"]), mb["returns"])
-        state.critic_opt.zero_grad(set_to_none=True)
-        L.backward()
-        step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
+        crit = mlp_forward(state.critic.net, obs)
+        g = mlp_vjp(state.critic.net, crit, (2.0 / obs.shape[0]) * (crit.y - returns))
+        _flat_step(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)
     d = blpo_direction(state, mb, cfg)
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
-    offset = 0
-    for p in state.actor_params:
-        n = p.numel()
-        p.grad = -d.direction[offset : offset + n].view_as(p)
-        offset += n
-    step(state.actor_opt, state.actor_params, cfg.max_grad_norm)
+    _flat_step(state.actor_opt, state.actor_params, -d.direction, cfg.max_grad_norm)
     return {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}

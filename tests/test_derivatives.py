@@ -1,0 +1,190 @@
+"""The hand-derived derivatives of birl_lite.actor_critic.derivatives against autograd, and the
+BLPO update direction built on them against an autograd implementation of the same steps."""
+
+import pytest
+import torch
+
+from birl_lite.actor_critic import make_config, make_vector_env
+from birl_lite.actor_critic.blpo import blpo_direction, clip_correction, differentiable_gae
+from birl_lite.actor_critic.derivatives import (
+    MSEHessian,
+    mlp_forward,
+    mlp_jvp,
+    mlp_vjp,
+    mse_hvp,
+    policy_log_prob,
+    policy_vjp,
+)
+from birl_lite.actor_critic.networks import Actor, Critic
+from birl_lite.actor_critic.ppo import clipped_surrogate, critic_loss, normalize
+from birl_lite.actor_critic.rollout import RolloutCollector, discount_matrix
+from birl_lite.actor_critic.train import _build
+from birl_lite.ihvp import ihvp_cg, ihvp_nystrom, make_hvp
+
+
+def _flat(grads):
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@pytest.fixture
+def critic64():
+    gen = torch.Generator().manual_seed(0)
+    critic = Critic(4, 16, gen).double()
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    targets = torch.randn(30, generator=gen, dtype=torch.float64)
+    return critic, x, targets, gen
+
+
+def test_mlp_forward_and_vjp_match_autograd(critic64):
+    critic, x, _, gen = critic64
+    acts = mlp_forward(critic.net, x)
+    torch.testing.assert_close(acts.y.squeeze(-1), critic(x).detach(), rtol=0, atol=0)
+    dy = torch.randn(3, 30, 1, generator=gen, dtype=torch.float64)
+    got = mlp_vjp(critic.net, acts, dy)
+    for b in range(3):
+        ref = _flat(torch.autograd.grad((critic(x) * dy[b, :, 0]).sum(), critic.parameters()))
+        torch.testing.assert_close(got[b], ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(mlp_vjp(critic.net, acts, dy[0]), got[0])
+
+
+def test_mlp_jvp_matches_torch_func(critic64):
+    critic, x, _, gen = critic64
+    params = {k: p.detach() for k, p in critic.named_parameters()}
+    hvp = make_hvp(lambda p: torch.func.functional_call(critic, p, (x,)).sum(), params)
+    u = torch.randn(hvp.dim, generator=gen, dtype=torch.float64)
+    _, ref = torch.func.jvp(
+        lambda p: torch.func.functional_call(critic, p, (x,)), (params,), (hvp.unflatten(u),)
+    )
+    got = mlp_jvp(critic.net, mlp_forward(critic.net, x), u)
+    torch.testing.assert_close(got.squeeze(-1), ref, rtol=1e-12, atol=1e-13)
+
+
+def test_mse_hvp_is_the_exact_hessian(critic64):
+    critic, x, targets, gen = critic64
+    params = {k: p.detach() for k, p in critic.named_parameters()}
+    hvp = make_hvp(
+        lambda p: critic_loss(torch.func.functional_call(critic, p, (x,)), targets), params
+    )
+    H = MSEHessian(critic.net, x, targets)
+    assert H.dim == hvp.dim
+    V = torch.randn(hvp.dim, 4, generator=gen, dtype=torch.float64)
+    HV = H.matmat(V)
+    for j in range(4):
+        ref = hvp(V[:, j])
+        torch.testing.assert_close(HV[:, j], ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(H(V[:, j]), ref, rtol=1e-12, atol=1e-12)
+    assert H.n_hvp == 8
+    # not Gauss-Newton: the residual term matters away from a perfect fit
+    acts = mlp_forward(critic.net, x)
+    gn = mse_hvp(critic.net, acts, acts.y.squeeze(-1), V[:, 0])  # zero residual: J^T J only
+    assert float((gn - HV[:, 0]).norm()) > 1e-3 * float(HV[:, 0].norm())
+    assert list(H.unflatten(V[:, 0])) == [k.removeprefix("net.") for k in params]
+
+
+def test_nystrom_batched_columns_equal_one_by_one(critic64):
+    critic, x, targets, gen = critic64
+    H = MSEHessian(critic.net, x, targets)
+    v = torch.randn(H.dim, generator=gen, dtype=torch.float64)
+    batched = ihvp_nystrom(H, v, rank=7, rho=0.5, generator=torch.Generator().manual_seed(3))
+    looped = ihvp_nystrom(
+        lambda z: H(z), v, rank=7, rho=0.5, generator=torch.Generator().manual_seed(3)
+    )
+    torch.testing.assert_close(batched.u, looped.u, rtol=1e-10, atol=1e-12)
+    assert batched.n_hvp == looped.n_hvp == 7
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_policy_log_prob_and_vjp_match_autograd(discrete):
+    gen = torch.Generator().manual_seed(1)
+    actor = Actor(3, 2, discrete, 8, gen, log_std_init=-0.3).double()
+    obs = torch.randn(11, 3, generator=gen, dtype=torch.float64)
+    if discrete:
+        actions = torch.randint(0, 2, (11,), generator=gen)
+    else:
+        actions = torch.randn(11, 2, generator=gen, dtype=torch.float64)
+    acts = mlp_forward(actor.net, obs)
+    logp = actor.log_prob(obs, actions)
+    torch.testing.assert_close(policy_log_prob(actor, acts, actions), logp.detach())
+    w = torch.randn(2, 11, generator=gen, dtype=torch.float64)
+    got = policy_vjp(actor, acts, actions, w)
+    for b in range(2):
+        ref = _flat(torch.autograd.grad((logp * w[b]).sum(), actor.parameters(), retain_graph=True))
+        torch.testing.assert_close(got[b], ref, rtol=1e-12, atol=1e-13)
+
+
+def _autograd_direction(state, mb, cfg, solver, rank, rho):
+    """The BLPO direction (steps 2-5) written with autograd: the reference for the fast code."""
+    actor, critic = state.actor, state.critic
+    obs, returns = mb["obs"], mb["returns"]
+    v_all = critic(torch.cat([obs, mb["next_obs"]]))
+    T = obs.shape[0]
+    adv = differentiable_gae(
+        v_all[:T], v_all[T:], mb["rewards"], mb["terminated"], mb["gae_matrix"], cfg.gamma
+    )
+    adv = normalize(adv)
+    ratio = torch.exp(actor.log_prob(obs, mb["actions"]) - mb["old_logp"])
+    J = clipped_surrogate(ratio, adv, cfg.clip_coef)
+    params_a, params_c = list(actor.parameters()), list(critic.parameters())
+    grads = torch.autograd.grad(J, params_a + params_c, retain_graph=True)
+    g_theta, g_w = _flat(grads[: len(params_a)]), _flat(grads[len(params_a) :])
+    params = {k: p.detach() for k, p in critic.named_parameters()}
+    hvp = make_hvp(
+        lambda p: critic_loss(torch.func.functional_call(critic, p, (obs,)), returns), params
+    )
+    if solver == "nystrom":
+        u = ihvp_nystrom(hvp, g_w, rank=rank, rho=rho, generator=state.gen).u
+    else:
+        u = ihvp_cg(hvp, g_w, max_iter=rank, rho=rho, tol=1e-10).u
+    _, dv = torch.func.jvp(
+        lambda p: torch.func.functional_call(critic, p, (obs,)), (params,), (hvp.unflatten(u),)
+    )
+    q = 2.0 * (critic(obs).detach() - returns) * dv
+    causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q)
+    c_raw = _flat(torch.autograd.grad((ratio * causal).mean(), params_a))
+    c, _ = clip_correction(c_raw, g_theta, cfg.correction_bound)
+    return g_theta, g_w, u, c_raw, g_theta - c
+
+
+@pytest.mark.parametrize(
+    ("env_id", "solver", "rank", "rho"),
+    [
+        ("CartPole-v1", "nystrom", 5, 50.0),
+        ("CartPole-v1", "cg", 10, 1.0),
+        ("Pendulum-v1", "nystrom", 20, 1.0),
+    ],
+)
+def test_blpo_direction_matches_autograd(env_id, solver, rank, rho):
+    cfg = make_config("blpo-nystrom", env_id, seed=0, hidden=16)
+    envs = make_vector_env(cfg.env_id, cfg.num_envs)
+    state = _build(cfg, envs)
+    state.actor.double()
+    state.critic.double()
+    col = RolloutCollector(envs, state.actor, seed=0, gamma=cfg.gamma)
+    ro = col.collect(64)
+    envs.close()
+    mb = {
+        "obs": torch.from_numpy(ro.obs).double(),
+        "next_obs": torch.from_numpy(ro.next_obs).double(),
+        "actions": torch.from_numpy(ro.actions),
+        "rewards": torch.from_numpy(ro.rewards).double(),
+        "terminated": torch.from_numpy(ro.terminated).double(),
+        "gae_matrix": torch.from_numpy(discount_matrix(ro.dones, 0.99 * 0.95)).double(),
+        "causal_matrix": torch.from_numpy(discount_matrix(ro.dones, 1.0, strict=True)).double(),
+    }
+    if not state.actor.discrete:
+        mb["actions"] = mb["actions"].double()
+    with torch.no_grad():
+        mb["returns"] = state.critic(mb["obs"]) + 1.0 + mb["rewards"]
+        # an old policy a little away from the current one, so that some ratios are clipped
+        logp = state.actor.log_prob(mb["obs"], mb["actions"])
+        noise = torch.randn(
+            logp.shape, generator=torch.Generator().manual_seed(5), dtype=logp.dtype
+        )
+        mb["old_logp"] = logp + 0.3 * noise
+    state.gen.manual_seed(11)
+    d = blpo_direction(state, mb, cfg, solver=solver, rank=rank, rho=rho)
+    state.gen.manual_seed(11)
+    ref = _autograd_direction(state, mb, cfg, solver, rank, rho)
+    for got, want in zip((d.g_theta, d.g_w, d.u, d.correction_raw, d.direction), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    assert d.n_hvp == rank
