@@ -335,6 +335,22 @@ class _Operator:
             raise ValueError(f"hvp.matmat(X) returned {got}, expected {tuple(X.shape)}")
         return HX.detach().to(self.dtype)
 
+    def columns(self, K: torch.Tensor) -> torch.Tensor:
+        """``H[:, K]`` ``[dim, k]``: the HVP's own ``columns(K)`` if it has one (a structured
+        shortcut, as :class:`~birl_lite.actor_critic.derivatives.MSEHessian` has), else
+        :meth:`matmat` on the unit vectors ``e_j, j in K``."""
+        structured = getattr(self.hvp, "columns", None)
+        if structured is None:
+            E = torch.zeros(self.dim, len(K), dtype=self.dtype)
+            E[K, torch.arange(len(K))] = 1.0
+            return self.matmat(E)
+        C = structured(K)
+        self.n_hvp += len(K)
+        if not isinstance(C, torch.Tensor) or C.shape != (self.dim, len(K)):
+            got = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
+            raise ValueError(f"hvp.columns(K) returned {got}, expected ({self.dim}, {len(K)})")
+        return C.detach().to(self.dtype)
+
     def output(self, flat_u: torch.Tensor) -> Tree:
         if not self.as_dict:
             return flat_u
@@ -603,8 +619,9 @@ def ihvp_nystrom(
     ``H_k = H`` and the result is the exact ``(H + rho I)^{-1} v``.
 
     Args:
-        hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors; if it also has
-            ``matmat(X) -> H X`` (``X [dim, B]``), the k columns are computed in one call.
+        hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors. If it also has
+            ``columns(K) -> H[:, K]`` or ``matmat(X) -> H X`` (``X [dim, B]``), the k columns
+            come from one such call instead of k HVPs.
         v: right-hand side (flat tensor or dict).
         rank: number of columns ``1 <= k <= dim``.
         rho: damping ``> 0`` (the Woodbury identity divides by it).
@@ -631,9 +648,7 @@ def ihvp_nystrom(
             raise ValueError(f"indices must hold {rank} distinct entries, got {K.tolist()}")
         if bool((K < 0).any()) or bool((K >= op.dim).any()):
             raise ValueError(f"indices must lie in [0, {op.dim}), got {K.tolist()}")
-    E = torch.zeros(op.dim, rank, dtype=op.dtype)
-    E[K, torch.arange(rank)] = 1.0
-    C = op.matmat(E)  # the k columns H[:, K], batched when the HVP allows it
+    C = op.columns(K)  # the k columns H[:, K]
     M = C[K, :]
     u, info = nystrom_woodbury(C, M, op.flat_v, rho, safeguard=safeguard)
     info["indices"] = K

@@ -38,13 +38,13 @@ def critic64():
 def test_mlp_forward_and_vjp_match_autograd(critic64):
     critic, x, _, gen = critic64
     acts = mlp_forward(critic.net, x)
-    torch.testing.assert_close(acts.y.squeeze(-1), critic(x).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(acts.y.squeeze(-1), critic(x).detach(), rtol=1e-14, atol=1e-15)
     dy = torch.randn(3, 30, 1, generator=gen, dtype=torch.float64)
-    got = mlp_vjp(critic.net, acts, dy)
+    got = mlp_vjp(acts, dy)
     for b in range(3):
         ref = _flat(torch.autograd.grad((critic(x) * dy[b, :, 0]).sum(), critic.parameters()))
         torch.testing.assert_close(got[b], ref, rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(mlp_vjp(critic.net, acts, dy[0]), got[0])
+    torch.testing.assert_close(mlp_vjp(acts, dy[0]), got[0])
 
 
 def test_mlp_jvp_matches_torch_func(critic64):
@@ -55,7 +55,7 @@ def test_mlp_jvp_matches_torch_func(critic64):
     _, ref = torch.func.jvp(
         lambda p: torch.func.functional_call(critic, p, (x,)), (params,), (hvp.unflatten(u),)
     )
-    got = mlp_jvp(critic.net, mlp_forward(critic.net, x), u)
+    got = mlp_jvp(mlp_forward(critic.net, x), u)
     torch.testing.assert_close(got.squeeze(-1), ref, rtol=1e-12, atol=1e-13)
 
 
@@ -75,8 +75,8 @@ def test_mse_hvp_is_the_exact_hessian(critic64):
         torch.testing.assert_close(H(V[:, j]), ref, rtol=1e-12, atol=1e-12)
     assert H.n_hvp == 8
     # not Gauss-Newton: the residual term matters away from a perfect fit
-    acts = mlp_forward(critic.net, x)
-    gn = mse_hvp(critic.net, acts, acts.y.squeeze(-1), V[:, 0])  # zero residual: J^T J only
+    fit = critic(x).detach()
+    gn = mse_hvp(critic.net, x, fit, V[:, 0])  # zero residual: J^T J only
     assert float((gn - HV[:, 0]).norm()) > 1e-3 * float(HV[:, 0].norm())
     assert list(H.unflatten(V[:, 0])) == [k.removeprefix("net.") for k in params]
 
@@ -188,3 +188,16 @@ def test_blpo_direction_matches_autograd(env_id, solver, rank, rho):
     for got, want in zip((d.g_theta, d.g_w, d.u, d.correction_raw, d.direction), ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
     assert d.n_hvp == rank
+
+
+def test_hessian_columns_equal_dense_products(critic64):
+    critic, x, targets, gen = critic64
+    H = MSEHessian(critic.net, x, targets)
+    # one column of every parameter block (W0, b0, W1, b1, W2, b2), and a random set
+    sizes = [p.numel() for p in critic.parameters()]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    blocks = torch.tensor([s + sz // 2 for s, sz in zip(starts, sizes, strict=True)] + [0])
+    for K in (blocks, torch.randperm(H.dim, generator=gen)[:9], torch.arange(H.dim)):
+        E = torch.zeros(H.dim, len(K), dtype=torch.float64)
+        E[K, torch.arange(len(K))] = 1.0
+        torch.testing.assert_close(H.columns(K), H.matmat(E), rtol=1e-12, atol=1e-13)

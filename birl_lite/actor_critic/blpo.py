@@ -171,10 +171,10 @@ def blpo_direction(
         # g_w = grad_w J through A(w): GAE's transpose, then d delta / dV, then backprop
         d_delta = torch.einsum("etu,te->ue", mb["gae_matrix"], (dJ_dadv * adv_scale).view(T, m))
         dV = torch.cat([-d_delta, cfg.gamma * (1.0 - mb["terminated"]) * d_delta])
-        g_w = mlp_vjp(critic.net, crit, dV.reshape(2 * n, 1))
+        g_w = mlp_vjp(crit, dV.reshape(2 * n, 1))
 
         # 3. iHVP u ~ (H + rho I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
-        hessian = MSEHessian(critic.net, obs, returns)
+        hessian = MSEHessian(critic.net, obs, returns, acts=crit.rows(n))
         if solver == "nystrom":
             res = ihvp_nystrom(
                 hessian,
@@ -194,7 +194,7 @@ def blpo_direction(
 
         # 4. mixed term by the score function: c = grad_theta mean_t ratio_t C_t, with
         #    q_t = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u) and C_t = sum_{t' > t} q_t'
-        dv = mlp_jvp(critic.net, hessian.acts, res.u).reshape(T, m)
+        dv = mlp_jvp(hessian.acts, res.u).reshape(T, m)
         q = 2.0 * (values[0] - mb["returns"]) * dv
         causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q).reshape(n)
         cotangents.append(ratio * causal / n)
@@ -242,7 +242,7 @@ def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, 
     returns = mb["returns"].reshape(-1, 1)
     for _ in range(cfg.critic_steps):
         crit = mlp_forward(state.critic.net, obs)
-        g = mlp_vjp(state.critic.net, crit, (2.0 / obs.shape[0]) * (crit.y - returns))
+        g = mlp_vjp(crit, (2.0 / obs.shape[0]) * (crit.y - returns))
         _flat_step(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)
