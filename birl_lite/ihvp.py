@@ -589,8 +589,10 @@ def nystrom_woodbury(
     keep = lam > k * torch.finfo(lam.dtype).eps * scale
     if scale == 0.0 or not bool(keep.any()):
         return v / rho, {"eigenvalues_M": lam, "rank_kept": 0}
-    Z = (C @ U[:, keep]) / torch.sqrt(lam[keep])
-    Q, sigma, _ = torch.linalg.svd(Z, full_matrices=False)
+    # Z = C U_+ diag(lambda_+)^{-1/2}, formed as Z^T (a k x k by k x n product is much faster
+    # than n x k by k x k, and the column-major Z is what the SVD wants)
+    Zt = (U[:, keep].T @ C.T) / torch.sqrt(lam[keep]).unsqueeze(1)
+    Q, sigma, _ = torch.linalg.svd(Zt.T, full_matrices=False)
     # u = Q diag(1 / (sigma^2 + rho)) Q^T v + (I - Q Q^T) v / rho: the same as the formula in the
     # docstring, without its cancellation when rho is tiny; every factor is in (0, 1 / rho]
     coef = Q.T @ v
