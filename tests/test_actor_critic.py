@@ -10,7 +10,6 @@ import torch
 from birl_lite.actor_critic import (
     ACConfig,
     Actor,
-    Critic,
     RolloutCollector,
     clip_correction,
     differentiable_gae,
@@ -66,20 +65,6 @@ def test_causal_matrix_is_strict_sum_within_episode():
 
 
 # ---------------------------------------------------------------- networks
-
-
-def test_critic_jvp_matches_torch_func():
-    gen = torch.Generator().manual_seed(0)
-    critic = Critic(3, 16, gen)
-    obs = torch.randn(7, 2, 3, generator=gen)
-    params = {k: p.detach() for k, p in critic.named_parameters()}
-    tangent = {k: torch.randn(p.shape, generator=gen) for k, p in params.items()}
-    v, dv = critic.value_and_jvp(obs, tangent)
-    v_ref, dv_ref = torch.func.jvp(
-        lambda p: torch.func.functional_call(critic, p, (obs,)), (params,), (tangent,)
-    )
-    torch.testing.assert_close(v, v_ref)
-    torch.testing.assert_close(dv, dv_ref, atol=1e-5, rtol=1e-4)
 
 
 def test_actor_log_prob_matches_torch_distributions():

@@ -16,7 +16,13 @@ from birl_lite.actor_critic.derivatives import (
     policy_vjp,
 )
 from birl_lite.actor_critic.networks import Actor, Critic
-from birl_lite.actor_critic.ppo import clipped_surrogate, critic_loss, normalize
+from birl_lite.actor_critic.ppo import (
+    clipped_surrogate,
+    critic_loss,
+    normalize,
+    step_flat,
+    surrogate_partials,
+)
 from birl_lite.actor_critic.rollout import RolloutCollector, discount_matrix
 from birl_lite.actor_critic.train import _build
 from birl_lite.ihvp import ihvp_cg, ihvp_nystrom, make_hvp
@@ -201,3 +207,51 @@ def test_hessian_columns_equal_dense_products(critic64):
         E = torch.zeros(H.dim, len(K), dtype=torch.float64)
         E[K, torch.arange(len(K))] = 1.0
         torch.testing.assert_close(H.columns(K), H.matmat(E), rtol=1e-12, atol=1e-13)
+
+
+def test_surrogate_partials_match_autograd():
+    gen = torch.Generator().manual_seed(2)
+    ratio = (1.0 + 0.4 * torch.randn(50, generator=gen, dtype=torch.float64)).requires_grad_()
+    adv = torch.randn(50, generator=gen, dtype=torch.float64).requires_grad_()
+    J = clipped_surrogate(ratio, adv, 0.2)
+    d_ratio, d_adv = torch.autograd.grad(J, (ratio, adv))
+    got_ratio, got_adv = surrogate_partials(ratio.detach(), adv.detach(), 0.2)
+    clipped = ((ratio - 1.0).abs() > 0.2).sum()
+    assert 0 < int(clipped) < 50  # both branches are exercised
+    torch.testing.assert_close(got_ratio, d_ratio, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(got_adv, d_adv, rtol=1e-14, atol=1e-15)
+
+
+def test_step_flat_equals_clip_grad_norm_and_step():
+    from birl_lite.actor_critic.ppo import step
+
+    for max_norm in (1e-3, 1e3):  # clipped and not clipped
+        nets = [torch.nn.Linear(3, 2).double() for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        opts = [torch.optim.Adam(n.parameters(), lr=0.1) for n in nets]
+        flat = torch.randn(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        params0 = list(nets[0].parameters())
+        offset = 0
+        for p in params0:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        step(opts[0], params0, max_norm)
+        step_flat(opts[1], list(nets[1].parameters()), flat, max_norm)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+
+
+def test_train_accepts_a_custom_update_and_rejects_a_non_callable():
+    from birl_lite.actor_critic import train
+
+    calls = []
+
+    def counting_update(state, mb, cfg):
+        calls.append(mb["obs"].shape)
+        return {}
+
+    cfg = make_config("ppo", "CartPole-v1", total_steps=512, seed=0)
+    train(cfg, update=counting_update)
+    assert len(calls) == cfg.update_epochs * cfg.num_minibatches
+    with pytest.raises(TypeError, match="update must be callable"):
+        train(cfg, update="ppo")

@@ -5,6 +5,7 @@
 * :mod:`birl_lite.actor_critic.rollout`: vector envs with same-step autoreset, rollouts, GAE, episode statistics.
 * :mod:`birl_lite.actor_critic.ppo`: the PPO baseline update.
 * :mod:`birl_lite.actor_critic.blpo`: nesting (``ppo-nested``) and the BLPO hypergradient (``blpo-cg``, ``blpo-nystrom``).
+* :mod:`birl_lite.actor_critic.derivatives`: the networks' gradients, Hessian-vector products and Nystrom columns written out (what BLPO uses; checked against autograd).
 * :mod:`birl_lite.actor_critic.train`: the loop every algorithm shares.
 * :mod:`birl_lite.actor_critic.tabular_check`: the exact BLPO hypergradient on a tabular MDP vs the sampled estimator.
 """

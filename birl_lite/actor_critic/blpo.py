@@ -29,7 +29,7 @@ import torch
 from ..ihvp import ihvp_cg, ihvp_nystrom
 from .config import ACConfig
 from .derivatives import MSEHessian, mlp_forward, mlp_jvp, mlp_vjp, policy_log_prob, policy_vjp
-from .ppo import normalize
+from .ppo import normalize, step_flat, surrogate_partials
 
 __all__ = [
     "BLPODirection",
@@ -99,20 +99,6 @@ class BLPODirection:
     n_hvp: int
 
 
-def _surrogate_partials(
-    ratio: torch.Tensor, adv: torch.Tensor, clip_coef: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partial derivatives of :func:`~.ppo.clipped_surrogate` ``J = mean_i min(r_i A_i,
-    clip(r_i) A_i)``: ``(dJ/dr, dJ/dA)``, both shaped like ``ratio``.
-
-    Where the unclipped term is the minimum (ties included): ``dJ/dr = A / n``, ``dJ/dA = r / n``;
-    elsewhere the clipped term is, so ``dJ/dr = 0`` and ``dJ/dA = clip(r) / n``."""
-    n = ratio.numel()
-    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
-    unclipped = ratio * adv <= clipped * adv
-    return torch.where(unclipped, adv, 0.0) / n, torch.where(unclipped, ratio, clipped) / n
-
-
 def blpo_direction(
     state,
     mb: dict[str, torch.Tensor],
@@ -162,7 +148,7 @@ def blpo_direction(
         adv = normalize(adv)
     pol = mlp_forward(actor.net, obs)
     ratio = torch.exp(policy_log_prob(actor, pol, actions) - mb["old_logp"].reshape(n))
-    dJ_dratio, dJ_dadv = _surrogate_partials(ratio, adv.reshape(n), cfg.clip_coef)
+    dJ_dratio, dJ_dadv = surrogate_partials(ratio, adv.reshape(n), cfg.clip_coef)
     # d/dlogp of J (and, below, of the score-function surrogate): ratio_t d/dratio_t
     cotangents = [dJ_dratio * ratio]
 
@@ -213,24 +199,6 @@ def blpo_direction(
     return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
 
 
-def _set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-    offset = 0
-    for p in params:
-        k = p.numel()
-        p.grad = flat[offset : offset + k].view_as(p)
-        offset += k
-
-
-def _flat_step(
-    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flat: torch.Tensor, max_norm
-) -> None:
-    """:func:`~.ppo.step` for a flat gradient: clip its norm to ``max_norm`` (the scaling of
-    ``torch.nn.utils.clip_grad_norm_``) and take an optimizer step."""
-    flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
-    _set_grads(params, flat)
-    optimizer.step()
-
-
 def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
     """One minibatch update of ``ppo-nested``, ``blpo-cg`` or ``blpo-nystrom`` (``cfg.algo``).
 
@@ -243,11 +211,11 @@ def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, 
     for _ in range(cfg.critic_steps):
         crit = mlp_forward(state.critic.net, obs)
         g = mlp_vjp(crit, (2.0 / obs.shape[0]) * (crit.y - returns))
-        _flat_step(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
+        step_flat(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)
     d = blpo_direction(state, mb, cfg)
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
-    _flat_step(state.actor_opt, state.actor_params, -d.direction, cfg.max_grad_norm)
+    step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.max_grad_norm)
     return {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}

@@ -58,24 +58,6 @@ class Critic(nn.Module):
         """Values ``V_w(obs)``, shape ``obs.shape[:-1]``."""
         return self.net(obs).squeeze(-1)
 
-    def value_and_jvp(
-        self, obs: torch.Tensor, tangent: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``V_w(obs)`` and its directional derivative ``grad_w V_w(obs) . u`` along a tangent
-        ``u`` (a dict keyed like ``named_parameters()``), by forward-mode propagation through the
-        three layers (exact; cheaper than ``torch.func.jvp`` at this size). Both ``[...]``."""
-        l0, l2, l4 = self.net[0], self.net[2], self.net[4]
-        u0w, u0b = tangent["net.0.weight"], tangent["net.0.bias"]
-        u2w, u2b = tangent["net.2.weight"], tangent["net.2.bias"]
-        u4w, u4b = tangent["net.4.weight"], tangent["net.4.bias"]
-        h1 = torch.tanh(obs @ l0.weight.T + l0.bias)
-        dh1 = (1 - h1 * h1) * (obs @ u0w.T + u0b)
-        h2 = torch.tanh(h1 @ l2.weight.T + l2.bias)
-        dh2 = (1 - h2 * h2) * (h1 @ u2w.T + dh1 @ l2.weight.T + u2b)
-        v = h2 @ l4.weight.T + l4.bias
-        dv = h2 @ u4w.T + dh2 @ l4.weight.T + u4b
-        return v.squeeze(-1), dv.squeeze(-1)
-
 
 class Actor(nn.Module):
     """Policy ``pi_theta(a|s)``: Categorical over ``n_actions`` or diagonal Gaussian in ``R^act_dim``.

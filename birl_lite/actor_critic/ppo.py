@@ -14,12 +14,33 @@ import torch
 
 from .config import ACConfig
 
-__all__ = ["clipped_surrogate", "critic_loss", "ppo_update", "step"]
+__all__ = [
+    "clipped_surrogate",
+    "critic_loss",
+    "ppo_update",
+    "step",
+    "step_flat",
+    "surrogate_partials",
+]
 
 
 def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip_coef: float) -> torch.Tensor:
     """PPO's clipped objective ``mean min(ratio A, clip(ratio, 1-eps, 1+eps) A)`` (to maximize)."""
     return torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv).mean()
+
+
+def surrogate_partials(
+    ratio: torch.Tensor, adv: torch.Tensor, clip_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial derivatives of :func:`~.ppo.clipped_surrogate` ``J = mean_i min(r_i A_i,
+    clip(r_i) A_i)``: ``(dJ/dr, dJ/dA)``, both shaped like ``ratio``.
+
+    Where the unclipped term is the minimum (ties included): ``dJ/dr = A / n``, ``dJ/dA = r / n``;
+    elsewhere the clipped term is, so ``dJ/dr = 0`` and ``dJ/dA = clip(r) / n``."""
+    n = ratio.numel()
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    unclipped = ratio * adv <= clipped * adv
+    return torch.where(unclipped, adv, 0.0) / n, torch.where(unclipped, ratio, clipped) / n
 
 
 def critic_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
@@ -41,6 +62,24 @@ def normalize(adv: torch.Tensor) -> torch.Tensor:
 def step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
     """Clip the global gradient norm of ``params`` to ``max_norm`` and take an optimizer step."""
     torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+
+
+def _set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for p in params:
+        k = p.numel()
+        p.grad = flat[offset : offset + k].view_as(p)
+        offset += k
+
+
+def step_flat(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flat: torch.Tensor, max_norm
+) -> None:
+    """:func:`step` for a flat gradient: clip its norm to ``max_norm`` (the scaling of
+    ``torch.nn.utils.clip_grad_norm_``) and take an optimizer step."""
+    flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
+    _set_grads(params, flat)
     optimizer.step()
 
 

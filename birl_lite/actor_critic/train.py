@@ -149,6 +149,7 @@ def train(
     *,
     callback: Callable[[int, TrainResult], None] | None = None,
     threads: int | None = 1,
+    update: Callable[[TrainState, dict, ACConfig], dict] | None = None,
 ) -> TrainResult:
     """Train ``cfg.algo`` on ``cfg.env_id`` for ``cfg.total_steps`` env steps.
 
@@ -159,12 +160,17 @@ def train(
         cfg: the hyperparameters.
         callback: called after every rollout update as ``callback(env_steps, result_so_far)``.
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+        update: a minibatch update ``update(state, minibatch, cfg)`` to use instead of the one
+            ``cfg.algo`` selects (for variants such as the benchmark's hand-derived PPO); it
+            gets the same minibatches, with the GAE matrices unless ``cfg.algo == "ppo"``.
 
     Returns:
         :class:`TrainResult`.
     """
     if not isinstance(cfg, ACConfig):
         raise TypeError(f"cfg must be an ACConfig, got {type(cfg).__name__}")
+    if update is not None and not callable(update):
+        raise TypeError(f"update must be callable, got {type(update).__name__}")
     if threads is not None:
         torch.set_num_threads(int(threads))
     torch.manual_seed(cfg.seed)
@@ -182,7 +188,8 @@ def train(
         )
         log = collector.episodes
         result = TrainResult(cfg, log.steps, log.returns, log.lengths, log.wall, state=state)
-        update = ppo_update if cfg.algo == "ppo" else blpo_update
+        if update is None:
+            update = ppo_update if cfg.algo == "ppo" else blpo_update
         nested = cfg.algo != "ppo"
         E, T = cfg.num_envs, cfg.num_steps
         per_mb = E // cfg.num_minibatches
