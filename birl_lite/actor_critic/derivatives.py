@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 __all__ = [
     "MLPActivations",
@@ -36,7 +35,7 @@ __all__ = [
 ]
 
 
-def _layers(net: nn.Sequential) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+def _layers(net: torch.nn.Sequential) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]:
     mods = list(net)
     return mods[0], mods[2], mods[4]
 
@@ -59,7 +58,7 @@ class MLPActivations:
     h1: torch.Tensor
     h2: torch.Tensor
     y: torch.Tensor
-    layers: tuple[nn.Linear, nn.Linear, nn.Linear]
+    layers: tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]
 
     def rows(self, n: int) -> MLPActivations:
         """The activations of the first ``n`` inputs (views)."""
@@ -67,7 +66,7 @@ class MLPActivations:
 
 
 @torch.no_grad()
-def mlp_forward(net: nn.Sequential, x: torch.Tensor) -> MLPActivations:
+def mlp_forward(net: torch.nn.Sequential, x: torch.Tensor) -> MLPActivations:
     """Forward pass of a two-hidden-layer tanh MLP (:func:`~.networks.mlp`) keeping the
     activations. ``x [n, d]``; returns :class:`MLPActivations`."""
     layers = l0, l1, l2 = _layers(net)
@@ -161,7 +160,7 @@ class MSEHessian:
 
     def __init__(
         self,
-        net: nn.Sequential,
+        net: torch.nn.Sequential,
         obs: torch.Tensor,
         targets: torch.Tensor,
         acts: MLPActivations | None = None,
@@ -239,10 +238,10 @@ class MSEHessian:
         W1, w2 = l1.weight, l2.weight[0]
         sizes = [H * d, H, H * H, H, H, 1]
         starts = [sum(sizes[:i]) for i in range(6)]
-        alpha = torch.zeros(n, k, dtype=a.x.dtype)  # R{h1} = alpha e_a^T (layer-0 columns)
-        beta = torch.zeros(n, k, dtype=a.x.dtype)  # R{z2} = beta gamma^T
-        gamma = torch.zeros(k, H, dtype=a.x.dtype)
-        delta = torch.zeros(n, k, dtype=a.x.dtype)  # direct move of y (last-layer columns)
+        alpha = a.x.new_zeros(n, k)  # R{h1} = alpha e_a^T (layer-0 columns)
+        beta = a.x.new_zeros(n, k)  # R{z2} = beta gamma^T
+        gamma = a.x.new_zeros(k, H)
+        delta = a.x.new_zeros(n, k)  # direct move of y (last-layer columns)
         layer0, weight1, weight2 = [], [], []  # (column, unit a, input b) for the fix-ups
         for c, j in enumerate(K):
             kind = max(i for i in range(6) if j >= starts[i])
@@ -293,7 +292,7 @@ class MSEHessian:
 
 
 def mse_hvp(
-    net: nn.Sequential, obs: torch.Tensor, targets: torch.Tensor, V: torch.Tensor
+    net: torch.nn.Sequential, obs: torch.Tensor, targets: torch.Tensor, V: torch.Tensor
 ) -> torch.Tensor:
     """Hessian-vector products of ``mean_i (net(obs_i) - targets_i)^2``: ``V [P]`` or ``[B, P]``
     (flat), returns ``H v`` shaped like ``V`` (:class:`MSEHessian`, built and applied once)."""
