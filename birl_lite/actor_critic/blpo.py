@@ -18,6 +18,11 @@ Step 4 uses the later losses t' > t only. With a fixed target function the term 
 zero, but with sampled return targets G_t (which depend on a_t) it does not and would bias the
 estimate; chapter 8 checks the whole estimator against the exact hypergradient on a tabular MDP
 (:mod:`birl_lite.actor_critic.tabular_check`).
+
+Every derivative above (steps 1-4) is computed from the formulas written out in
+:mod:`birl_lite.actor_critic.derivatives`, not by autograd: on 64-64 networks autograd's
+per-operation overhead, not arithmetic, dominates the cost (chapter 9, "Where the time goes").
+``tests/test_derivatives.py`` checks the result against an autograd implementation.
 """
 
 from __future__ import annotations
