@@ -31,7 +31,7 @@ import torch
 from birl_lite.actor_critic import make_config, train
 from birl_lite.actor_critic.derivatives import (
     mlp_forward,
-    mlp_vjp,
+    mse_grad,
     policy_log_prob,
     policy_vjp,
 )
@@ -51,8 +51,7 @@ def ppo_update_by_hand(state, mb: dict[str, torch.Tensor], cfg) -> dict[str, flo
     adv = normalize(mb["adv"]) if cfg.norm_adv else mb["adv"]
     dJ_dratio, _ = surrogate_partials(ratio, adv.reshape(n), cfg.clip_coef)
     g_theta = policy_vjp(state.actor, pol, actions, (dJ_dratio * ratio).unsqueeze(0))[0]
-    crit = mlp_forward(state.critic.net, obs)
-    g_w = mlp_vjp(crit, (2.0 / n) * (crit.y - mb["returns"].reshape(n, 1)))
+    g_w = mse_grad(mlp_forward(state.critic.net, obs), mb["returns"])
     step_flat(state.actor_opt, state.actor_params, -g_theta, cfg.max_grad_norm)
     step_flat(state.critic_opt, state.critic_params, g_w, cfg.max_grad_norm)
     return {}

@@ -11,7 +11,7 @@ from birl_lite.actor_critic.derivatives import (
     mlp_forward,
     mlp_jvp,
     mlp_vjp,
-    mse_hvp,
+    mse_grad,
     policy_log_prob,
     policy_vjp,
 )
@@ -53,6 +53,13 @@ def test_mlp_forward_and_vjp_match_autograd(critic64):
     torch.testing.assert_close(mlp_vjp(acts, dy[0]), got[0])
 
 
+def test_mse_grad_matches_autograd(critic64):
+    critic, x, targets, _ = critic64
+    ref = _flat(torch.autograd.grad(critic_loss(critic(x), targets), critic.parameters()))
+    got = mse_grad(mlp_forward(critic.net, x), targets)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-13)
+
+
 def test_mlp_jvp_matches_torch_func(critic64):
     critic, x, _, gen = critic64
     params = {k: p.detach() for k, p in critic.named_parameters()}
@@ -82,7 +89,7 @@ def test_mse_hvp_is_the_exact_hessian(critic64):
     assert H.n_hvp == 8
     # not Gauss-Newton: the residual term matters away from a perfect fit
     fit = critic(x).detach()
-    gn = mse_hvp(critic.net, x, fit, V[:, 0])  # zero residual: J^T J only
+    gn = MSEHessian(critic.net, x, fit)(V[:, 0])  # zero residual: J^T J only
     assert float((gn - HV[:, 0]).norm()) > 1e-3 * float(HV[:, 0].norm())
     assert list(H.unflatten(V[:, 0])) == [k.removeprefix("net.") for k in params]
 

@@ -33,7 +33,15 @@ import torch
 
 from ..ihvp import ihvp_cg, ihvp_nystrom
 from .config import ACConfig
-from .derivatives import MSEHessian, mlp_forward, mlp_jvp, mlp_vjp, policy_log_prob, policy_vjp
+from .derivatives import (
+    MSEHessian,
+    mlp_forward,
+    mlp_jvp,
+    mlp_vjp,
+    mse_grad,
+    policy_log_prob,
+    policy_vjp,
+)
 from .ppo import normalize, step_flat, surrogate_partials
 
 __all__ = [
@@ -212,10 +220,8 @@ def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, 
     ``gae_matrix`` and ``causal_matrix`` ``[m, T, T]``. Returns diagnostics."""
     # 1. nesting: K critic steps towards the best response w*(theta)
     obs = mb["obs"].reshape(-1, mb["obs"].shape[-1])
-    returns = mb["returns"].reshape(-1, 1)
     for _ in range(cfg.critic_steps):
-        crit = mlp_forward(state.critic.net, obs)
-        g = mlp_vjp(crit, (2.0 / obs.shape[0]) * (crit.y - returns))
+        g = mse_grad(mlp_forward(state.critic.net, obs), mb["returns"])
         step_flat(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)

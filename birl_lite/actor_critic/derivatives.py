@@ -29,7 +29,7 @@ __all__ = [
     "mlp_forward",
     "mlp_jvp",
     "mlp_vjp",
-    "mse_hvp",
+    "mse_grad",
     "policy_log_prob",
     "policy_vjp",
 ]
@@ -142,6 +142,19 @@ def mlp_jvp(acts: MLPActivations, v: torch.Tensor) -> torch.Tensor:
     return dy[0] if single else dy
 
 
+def _mse_cotangent(y: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``dL/dy = 2 (y - targets) / n`` for ``L = mean_i (y_i - targets_i)^2``, ``[n, 1]``."""
+    n = y.shape[0]
+    return (2.0 / n) * (y - targets.reshape(n, 1))
+
+
+@torch.no_grad()
+def mse_grad(acts: MLPActivations, targets: torch.Tensor) -> torch.Tensor:
+    """The flat gradient ``[P]`` of ``L(w) = mean_i (y_i(w) - targets_i)^2`` (one output unit)
+    at the activations ``acts`` of :func:`mlp_forward` (the follower loss of BLPO)."""
+    return mlp_vjp(acts, _mse_cotangent(acts.y, targets))
+
+
 class MSEHessian:
     """The Hessian of ``L(w) = mean_i (y_i(w) - targets_i)^2`` for a one-output MLP (the
     follower loss of BLPO, ``y = V_w``), as an operator for the :mod:`birl_lite.ihvp` solvers:
@@ -168,13 +181,12 @@ class MSEHessian:
         with torch.no_grad():
             self.acts = a = mlp_forward(net, obs) if acts is None else acts
             _, l1, l2 = a.layers
-            n = obs.shape[0]
             self.names = [name for name, _ in net.named_parameters()]
             self.dim = sum(p.numel() for p in net.parameters())
             self.n_hvp = 0
             # everything that does not depend on the direction
             self.s1, self.s2 = 1.0 - a.h1 * a.h1, 1.0 - a.h2 * a.h2
-            self.e = (2.0 / n) * (a.y - targets.reshape(n, 1))  # dL/dy, [n, 1]
+            self.e = _mse_cotangent(a.y, targets)  # dL/dy, [n, 1]
             back2 = self.e @ l2.weight  # [n, H]
             self.d2 = back2 * self.s2  # dL/dz2
             self.c2 = -2.0 * back2 * a.h2  # d(d2)/d(h2) factor: R{s2} = -2 h2 R{h2}
@@ -289,15 +301,6 @@ class MSEHessian:
     def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """The flat vector as a dict keyed like ``net.named_parameters()``."""
         return dict(zip(self.names, _unflat(self.acts.layers, v), strict=True))
-
-
-def mse_hvp(
-    net: torch.nn.Sequential, obs: torch.Tensor, targets: torch.Tensor, V: torch.Tensor
-) -> torch.Tensor:
-    """Hessian-vector products of ``mean_i (net(obs_i) - targets_i)^2``: ``V [P]`` or ``[B, P]``
-    (flat), returns ``H v`` shaped like ``V`` (:class:`MSEHessian`, built and applied once)."""
-    H = MSEHessian(net, obs, targets)
-    return H(V) if V.dim() == 1 else H.hvp_batch(V)
 
 
 @torch.no_grad()
