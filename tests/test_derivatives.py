@@ -72,7 +72,7 @@ def test_mlp_jvp_matches_torch_func(critic64):
     torch.testing.assert_close(got.squeeze(-1), ref, rtol=1e-12, atol=1e-13)
 
 
-def test_mse_hvp_is_the_exact_hessian(critic64):
+def test_mse_hessian_is_exact(critic64):
     critic, x, targets, gen = critic64
     params = {k: p.detach() for k, p in critic.named_parameters()}
     hvp = make_hvp(

@@ -5,7 +5,7 @@ follower loss and two vector-Jacobian products of the actor (math.md section 7).
 this small (64-64) the cost of autograd is the bookkeeping around each of its ~100 tiny
 kernels, not arithmetic, so :func:`~birl_lite.actor_critic.blpo.blpo_update` uses the explicit
 formulas below instead: backpropagation written out (:func:`mlp_vjp`) and its directional
-derivative, Pearlmutter's R-operator (:func:`mse_hvp`), batched over many vectors at once.
+derivative, Pearlmutter's R-operator (:class:`MSEHessian`), batched over many vectors at once.
 Every function is checked against autograd and :func:`birl_lite.ihvp.make_hvp` in
 ``tests/test_derivatives.py``.
 
