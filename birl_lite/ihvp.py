@@ -50,6 +50,7 @@ __all__ = [
     "ValueNetProblem",
     "make_hvp",
     "dense_hessian",
+    "hessian_columns",
     "ihvp_exact",
     "ihvp_cg",
     "ihvp_neumann",
@@ -311,16 +312,18 @@ class _Operator:
         self.dim = self.flat_v.numel()
         self.dtype = self.flat_v.dtype
 
+    def _checked(self, out: Any, shape: tuple[int, ...], call: str, n: int) -> torch.Tensor:
+        """Count ``n`` HVPs and return ``out`` detached in the operator's dtype, after checking
+        that the user's ``call`` returned a tensor of ``shape``."""
+        self.n_hvp += n
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{call} must return a tensor, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"{call} returned shape {tuple(out.shape)}, expected {shape}")
+        return out.detach().to(self.dtype)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hx = self.hvp(x)
-        self.n_hvp += 1
-        if not isinstance(hx, torch.Tensor):
-            raise TypeError(f"hvp(v) must return a tensor, got {type(hx).__name__}")
-        if hx.shape != x.shape:
-            raise ValueError(
-                f"hvp(v) returned shape {tuple(hx.shape)}, expected {tuple(x.shape)} (same as v)"
-            )
-        return hx.detach().to(self.dtype)
+        return self._checked(self.hvp(x), tuple(x.shape), "hvp(v)", 1)
 
     def matmat(self, X: torch.Tensor) -> torch.Tensor:
         """``H X`` for ``X [dim, B]``: one batched call when the HVP offers ``matmat`` (as
@@ -328,12 +331,7 @@ class _Operator:
         batched = getattr(self.hvp, "matmat", None)
         if batched is None:
             return torch.stack([self(x) for x in X.T], dim=1)
-        HX = batched(X)
-        self.n_hvp += X.shape[1]
-        if not isinstance(HX, torch.Tensor) or HX.shape != X.shape:
-            got = tuple(HX.shape) if isinstance(HX, torch.Tensor) else type(HX).__name__
-            raise ValueError(f"hvp.matmat(X) returned {got}, expected {tuple(X.shape)}")
-        return HX.detach().to(self.dtype)
+        return self._checked(batched(X), tuple(X.shape), "hvp.matmat(X)", X.shape[1])
 
     def columns(self, K: torch.Tensor) -> torch.Tensor:
         """``H[:, K]`` ``[dim, k]``: the HVP's own ``columns(K)`` if it has one (a structured
@@ -344,12 +342,7 @@ class _Operator:
             E = torch.zeros(self.dim, len(K), dtype=self.dtype)
             E[K, torch.arange(len(K))] = 1.0
             return self.matmat(E)
-        C = structured(K)
-        self.n_hvp += len(K)
-        if not isinstance(C, torch.Tensor) or C.shape != (self.dim, len(K)):
-            got = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
-            raise ValueError(f"hvp.columns(K) returned {got}, expected ({self.dim}, {len(K)})")
-        return C.detach().to(self.dtype)
+        return self._checked(structured(K), (self.dim, len(K)), "hvp.columns(K)", len(K))
 
     def output(self, flat_u: torch.Tensor) -> Tree:
         if not self.as_dict:
@@ -381,23 +374,36 @@ class IHVPResult:
     info: dict = field(default_factory=dict)
 
 
+def _operator(hvp, dim: int | None) -> _Operator:
+    """An :class:`_Operator` for ``hvp`` without a right-hand side: ``dim`` and dtype from the
+    HVP when it has them (:class:`HVP`, :class:`~birl_lite.actor_critic.derivatives.MSEHessian`),
+    else ``dim`` from the argument and float64."""
+    dim = getattr(hvp, "dim", None) if dim is None else dim
+    if dim is None:
+        raise ValueError("dim is required when hvp is a plain callable")
+    dim = check_positive_int(dim, "dim")
+    return _Operator(hvp, torch.zeros(dim, dtype=getattr(hvp, "dtype", DTYPE)))
+
+
 def dense_hessian(hvp, dim: int | None = None) -> torch.Tensor:
     """The dense Hessian ``[dim, dim]`` from ``dim`` HVPs with unit vectors (symmetrized).
 
     For small problems and references only. ``dim`` is needed when ``hvp`` is a plain callable.
     """
-    if isinstance(hvp, HVP):
-        dim = hvp.dim if dim is None else dim
-        dtype = hvp.dtype
-    else:
-        if dim is None:
-            raise ValueError("dim is required when hvp is a plain callable")
-        dtype = DTYPE
-    dim = check_positive_int(dim, "dim")
-    op = _Operator(hvp, torch.zeros(dim, dtype=dtype))
-    eye = torch.eye(dim, dtype=op.dtype)
-    H = torch.stack([op(eye[j]) for j in range(dim)], dim=1)
+    op = _operator(hvp, dim)
+    H = op.matmat(torch.eye(op.dim, dtype=op.dtype))
     return 0.5 * (H + H.T)
+
+
+def hessian_columns(hvp, K: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """The columns ``H[:, K]`` ``[dim, k]`` of a Hessian given as an HVP, the ``C`` of Nystrom.
+
+    Uses the HVP's own ``columns(K)`` if it has one (a structured shortcut), else its
+    ``matmat`` on the unit vectors ``e_j, j in K``, else ``k`` HVPs. ``dim`` is needed when
+    ``hvp`` is a plain callable.
+    """
+    op = _operator(hvp, dim)
+    return op.columns(torch.as_tensor(K, dtype=torch.long).reshape(-1))
 
 
 def ihvp_exact(hvp, v: Tree, rho: float = 0.0) -> IHVPResult:
@@ -420,7 +426,7 @@ def ihvp_exact(hvp, v: Tree, rho: float = 0.0) -> IHVPResult:
     rho = _check_rho(rho)
     op = _Operator(hvp, v)
     eye = torch.eye(op.dim, dtype=op.dtype)
-    H = torch.stack([op(eye[j]) for j in range(op.dim)], dim=1)
+    H = op.matmat(eye)
     A = 0.5 * (H + H.T) + rho * eye
     lam, U = torch.linalg.eigh(A)
     scale = float(lam.abs().max())

@@ -430,3 +430,29 @@ def test_hvp_object_is_reused_by_solvers():
     assert isinstance(hvp, HVP) and "dim=3" in repr(hvp)
     res = ihvp_cg(hvp, torch.ones(3, dtype=D), max_iter=5)
     assert res.n_hvp == 1 and torch.allclose(res.u, torch.ones(3, dtype=D))
+
+
+def test_hessian_columns_for_callables_hvps_and_structured_operators():
+    from birl_lite.actor_critic.derivatives import MSEHessian
+    from birl_lite.actor_critic.networks import Critic
+    from birl_lite.actor_critic.ppo import critic_loss
+    from birl_lite.ihvp import hessian_columns
+
+    gen = torch.Generator().manual_seed(4)
+    A = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    A = A + A.T
+    K = torch.tensor([4, 0, 5])
+    torch.testing.assert_close(hessian_columns(lambda x: A @ x, K, dim=6), A[:, K])
+    with pytest.raises(ValueError, match="dim is required"):
+        hessian_columns(lambda x: A @ x, K)
+    critic = Critic(3, 8, gen).double()
+    x = torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(20, generator=gen, dtype=torch.float64)
+    params = {k: p.detach() for k, p in critic.named_parameters()}
+    hvp = make_hvp(lambda p: critic_loss(torch.func.functional_call(critic, p, (x,)), y), params)
+    K = torch.randperm(hvp.dim, generator=gen)[:6]
+    by_hvps = hessian_columns(hvp, K)
+    assert hvp.n_hvp == 6
+    torch.testing.assert_close(by_hvps, dense_hessian(hvp)[:, K], rtol=1e-10, atol=1e-12)
+    structured = hessian_columns(MSEHessian(critic.net, x, y), K)
+    torch.testing.assert_close(structured, by_hvps, rtol=1e-10, atol=1e-12)

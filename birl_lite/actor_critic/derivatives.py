@@ -183,6 +183,7 @@ class MSEHessian:
             _, l1, l2 = a.layers
             self.names = [name for name, _ in net.named_parameters()]
             self.dim = sum(p.numel() for p in net.parameters())
+            self.dtype = a.x.dtype
             self.n_hvp = 0
             # everything that does not depend on the direction
             self.s1, self.s2 = 1.0 - a.h1 * a.h1, 1.0 - a.h2 * a.h2
