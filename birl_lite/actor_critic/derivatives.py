@@ -17,7 +17,6 @@ h2 = tanh z2 -> y = h2 W2^T + b2``. Parameter vectors are flat, in the order of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -309,11 +308,7 @@ def policy_log_prob(actor, acts: MLPActivations, actions: torch.Tensor) -> torch
     """``log pi_theta(a_i|s_i)`` ``[n]`` from the actor network's activations on ``s [n, d]``
     (the same numbers as :meth:`~.networks.Actor.log_prob`). ``actions``: ``[n]`` int64
     (Categorical) or ``[n, act_dim]`` (Gaussian)."""
-    out = acts.y
-    if actor.discrete:
-        return torch.log_softmax(out, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    z = (actions - out) * torch.exp(-actor.log_std)
-    return (-0.5 * z.square() - actor.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return actor.log_prob_of_output(acts.y, actions)
 
 
 @torch.no_grad()

@@ -91,7 +91,11 @@ class Actor(nn.Module):
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``log pi_theta(a|s)`` for a batch: ``obs [..., obs_dim]``, ``actions [...]`` (int64,
         discrete) or ``[..., act_dim]`` (continuous); returns ``[...]``."""
-        out = self.net(obs)
+        return self.log_prob_of_output(self.net(obs), actions)
+
+    def log_prob_of_output(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``log pi(a|s)`` from the network's output ``out = net(s)`` (logits, or the Gaussian
+        mean): the part of :meth:`log_prob` after the network."""
         if self.discrete:
             logp = torch.log_softmax(out, dim=-1)
             return logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
