@@ -243,3 +243,26 @@ def test_sobirl_is_seeded_and_improves_reward_design():
         sobirl(problem, betta=0.1)
     with pytest.raises(ValueError, match="lower"):
         sobirl(problem, lower="exact")
+
+
+# ---------------------------------------------------------------- module layout
+
+
+def test_model_free_package_reexports_its_submodules():
+    import importlib
+    import types
+
+    import birl_lite.model_free as mf
+
+    names = ("sampling", "soft_q", "critics", "estimators", "problem", "algorithm")
+    seen = set()
+    for name in names:
+        module = importlib.import_module(f"birl_lite.model_free.{name}")
+        assert isinstance(module, types.ModuleType)
+        assert getattr(mf, name) is module, name  # not shadowed by an exported name
+        for public in module.__all__:
+            assert getattr(mf, public) is getattr(module, public), public
+            assert getattr(mf, public).__module__ == module.__name__, public
+        seen.update(module.__all__)
+    assert seen == set(mf.__all__)
+    assert not set(names) & set(mf.__all__)  # no module shares its name with what it exports

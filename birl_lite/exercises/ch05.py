@@ -38,7 +38,7 @@ def _case(k: int, seed: int):
 
 
 def check_mc_returns(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float = 1e-10) -> bool:
-    """Check a reader's Monte Carlo returns against :func:`birl_lite.model_free.mc_returns`.
+    """Check a reader's Monte Carlo returns against :func:`birl_lite.model_free.critics.mc_returns`.
 
     The reader's function is called as ``fn(c, end)`` with ``c`` a float array ``[N, m]`` (one
     reward vector per step) and ``end`` a bool array ``[N]`` (``end[t]``: the episode ends after
