@@ -30,7 +30,7 @@ import gymnasium as gym
 import torch
 
 from .actor_critic.config import ALGOS, ACConfig, make_config
-from .actor_critic.train import train
+from .actor_critic.training import train
 from .plotting import confidence_band
 
 __all__ = [

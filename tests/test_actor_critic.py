@@ -326,7 +326,7 @@ def test_check_gae(capsys):
 
 def test_blpo_direction_solves_the_damped_system():
     from birl_lite.actor_critic import blpo_direction
-    from birl_lite.actor_critic.train import _build
+    from birl_lite.actor_critic.training import _build
     from birl_lite.ihvp import make_hvp
 
     cfg = make_config("blpo-nystrom", "CartPole-v1", seed=0)
@@ -366,3 +366,23 @@ def test_blpo_direction_solves_the_damped_system():
     plain = blpo_direction(state, mb, cfg, solver="none")
     torch.testing.assert_close(plain.direction, d.g_theta)
     assert plain.u is None
+
+
+# ---------------------------------------------------------------- module layout
+
+
+def test_training_module_and_train_function_have_different_names():
+    import importlib
+    import pkgutil
+    import types
+
+    import birl_lite.actor_critic as ac
+
+    training = importlib.import_module("birl_lite.actor_critic.training")
+    assert isinstance(training, types.ModuleType)
+    assert callable(ac.train) and not isinstance(ac.train, types.ModuleType)
+    assert ac.train is training.train is train
+    # every submodule is reachable as an attribute: no exported name shadows it
+    for info in pkgutil.iter_modules(ac.__path__):
+        module = importlib.import_module(f"birl_lite.actor_critic.{info.name}")
+        assert getattr(ac, info.name) is module, info.name

@@ -24,7 +24,7 @@ from birl_lite.actor_critic.ppo import (
     surrogate_partials,
 )
 from birl_lite.actor_critic.rollout import RolloutCollector, discount_matrix
-from birl_lite.actor_critic.train import _build
+from birl_lite.actor_critic.training import _build
 from birl_lite.ihvp import ihvp_cg, ihvp_nystrom, make_hvp
 
 

@@ -6,7 +6,7 @@
 * :mod:`birl_lite.actor_critic.ppo`: the PPO baseline update.
 * :mod:`birl_lite.actor_critic.blpo`: nesting (``ppo-nested``) and the BLPO hypergradient (``blpo-cg``, ``blpo-nystrom``).
 * :mod:`birl_lite.actor_critic.derivatives`: the networks' gradients, Hessian-vector products and Nystrom columns written out (what BLPO uses; checked against autograd).
-* :mod:`birl_lite.actor_critic.train`: the loop every algorithm shares.
+* :mod:`birl_lite.actor_critic.training`: the loop every algorithm shares (:func:`~birl_lite.actor_critic.training.train`).
 * :mod:`birl_lite.actor_critic.tabular_check`: the exact BLPO hypergradient on a tabular MDP vs the sampled estimator.
 """
 
@@ -15,7 +15,7 @@ from .config import ALGOS, ENV_PRESETS, ACConfig, make_config
 from .networks import Actor, Critic
 from .ppo import clipped_surrogate, critic_loss, ppo_update
 from .rollout import Rollout, RolloutCollector, discount_matrix, gae, make_vector_env
-from .train import TrainResult, final_return, train
+from .training import TrainResult, final_return, train
 
 __all__ = [
     "ALGOS",
