@@ -11,6 +11,13 @@ Compares, side by side in one run and on one thread:
   sweeps do not stop early, and ``log-sum-exp`` subtracts the maximum, so the iterates of both
   implementations must agree to round-off.)
 
+Like with like: every implementation is timed the same way, in the same number of runs of the same
+number of outer steps, the runs interleaved (one run of each per round, the order rotating), so that
+a change of machine load hits all of them alike. A run's time is the median over its steps of the
+in-loop seconds per outer step; the table shows the median over the runs and the spread
+``[min, max]``; ratios are taken run by run (runs of one round are seconds apart) and summarized
+the same way.
+
 Prints a table of times and ratios, the largest difference between the two sequences of iterates,
 and a final ``RESULT`` line. ``--quick`` finishes within a minute.
 
@@ -107,35 +114,61 @@ def authors_style_m_sobirl(problem, n_iter: int, *, beta=8e-3, zeta=0.5, n_sweep
     return torch.stack(xs), times
 
 
+def _spread(values: list[float]) -> str:
+    """``median [min, max]`` of a list, for the table."""
+    return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="finish within a minute")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic instance")
     args = parser.parse_args()
-    n_base = 150 if args.quick else 1000
-    n_ours = 3000
-    repeats = 3 if args.quick else 5
+    n_iter = 150 if args.quick else 1000  # outer steps per timed run, the same for every variant
+    repeats = 5  # timed runs per variant, the same for every variant
+    n_conv = 3000  # the convergence check (not timed)
     problem = synthetic_problem(args.seed)
 
-    # warm-up (first-call overheads), then interleaved measurements
+    # warm-up (first-call overheads), then `repeats` rounds; in each round every variant runs once,
+    # in an order that rotates from round to round, so that every variant sees the same machine load
     m_sobirl(problem, max_iter=50)
+    m_sobirl(problem, max_iter=50, exact=True)
     authors_style_m_sobirl(problem, 3)
-    ours, exact = [], []
-    base_times: list[float] = []
+    runs: dict = {}  # the baseline's iterates, for the comparison below
+
+    def run_ours():
+        return m_sobirl(problem, max_iter=n_iter).seconds_per_iter
+
+    def run_exact():
+        return m_sobirl(problem, max_iter=n_iter, exact=True).seconds_per_iter
+
+    def run_base():
+        xs, times = authors_style_m_sobirl(problem, n_iter)
+        runs["base_xs"] = xs
+        return statistics.median(times)
+
+    variants = {"ours": run_ours, "exact": run_exact, "base": run_base}
+    per_run: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     for r in range(repeats):
-        ours.append(m_sobirl(problem, max_iter=n_ours).seconds_per_iter)
-        exact.append(m_sobirl(problem, max_iter=n_ours, exact=True).seconds_per_iter)
-        if r == 0:
-            xs_base, t = authors_style_m_sobirl(problem, n_base)
-            base_times += t
-    t_ours, t_exact = min(ours), min(exact)
-    t_base = statistics.median(base_times)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            per_run[name].append(variants[name]())
+    # every number: the median over the iterations of one run of the in-loop seconds per iteration
+    # (the same perf_counter bracket around one outer step in both implementations); then the
+    # median over the runs, and the spread [min, max] over the runs. Ratios are taken run by run
+    # (a round's runs are seconds apart), then summarized the same way.
+    t_ours = statistics.median(per_run["ours"])
+    t_base = statistics.median(per_run["base"])
+    ratio_base = [b / o for b, o in zip(per_run["base"], per_run["ours"], strict=True)]
+    ratio_exact = [e / o for e, o in zip(per_run["exact"], per_run["ours"], strict=True)]
+    speedup = statistics.median(ratio_base)
 
     # same iterates? compare the whole trajectory of the baseline run
-    ref = m_sobirl(problem, max_iter=n_base, record_iterates=True).history.x
+    xs_base = runs["base_xs"]
+    ref = m_sobirl(problem, max_iter=n_iter, record_iterates=True).history.x
     max_diff = float((ref - xs_base).abs().max())
     scale = float(xs_base.abs().max())
-    final = m_sobirl(problem, max_iter=n_ours)
+    final = m_sobirl(problem, max_iter=n_conv)
     f = final.history.f
     first = int(torch.nonzero(f - 1.0 <= 1e-4)[0])
 
@@ -143,26 +176,35 @@ def main() -> None:
         f"M-SoBiRL on the synthetic problem (seed {args.seed}: S=10, A=5, n=100, gamma=0.5, tau=1, "
         "beta=8e-3, zeta=0.5, N=10), one thread"
     )
-    print(f"{'implementation':44s}{'us / iteration':>16s}{'ratio to ours':>16s}")
-    print(f"{'birl_lite m_sobirl (amortized)':44s}{t_ours * 1e6:16.1f}{1.0:16.2f}")
     print(
-        f"{'birl_lite m_sobirl (exact variant)':44s}{t_exact * 1e6:16.1f}{t_exact / t_ours:16.2f}"
+        f"{repeats} timed runs of {n_iter} outer steps per implementation, interleaved; each run: "
+        "median in-loop time per step; shown: median [min, max] over the runs"
+    )
+    print(f"{'implementation':40s}{'us / iteration':>28s}{'ratio to ours':>28s}")
+    us = {name: [v * 1e6 for v in values] for name, values in per_run.items()}
+    one = _spread([1.0] * repeats)
+    print(f"{'birl_lite m_sobirl (amortized)':40s}{_spread(us['ours']):>28s}{one:>28s}")
+    print(
+        f"{'birl_lite m_sobirl (exact variant)':40s}{_spread(us['exact']):>28s}"
+        f"{_spread(ratio_exact):>28s}"
     )
     print(
-        f"{'straightforward torch, authors style':44s}{t_base * 1e6:16.1f}{t_base / t_ours:16.1f}"
+        f"{'straightforward torch, authors style':40s}{_spread(us['base']):>28s}"
+        f"{_spread(ratio_base):>28s}"
     )
     print("reference figures (other runs): published code 12.7-13.1 ms, tight numpy 39-41 us")
     print(
-        f"max |x_k(ours) - x_k(authors style)| over {n_base + 1} iterates: {max_diff:.2e} "
+        f"max |x_k(ours) - x_k(authors style)| over {n_iter + 1} iterates: {max_diff:.2e} "
         f"(max |x| = {scale:.1f})"
     )
     print(
-        f"first iteration with f - 1 <= 1e-4: {first}; f - 1 after {n_ours}: {float(f[-1] - 1):.1e}"
+        f"first iteration with f - 1 <= 1e-4: {first}; f - 1 after {n_conv}: {float(f[-1] - 1):.1e}"
     )
     print(
         f"RESULT m_sobirl: {t_ours * 1e6:.1f} us/iteration (target <= 130), "
-        f"{t_base / t_ours:.0f}x faster than the straightforward implementation measured here "
-        f"({t_base * 1e3:.2f} ms), {12.7e-3 / t_ours:.0f}x faster than the published code's "
+        f"{speedup:.0f}x faster than the straightforward implementation measured here "
+        f"({t_base * 1e3:.2f} ms; {min(ratio_base):.0f}x-{max(ratio_base):.0f}x over "
+        f"{repeats} interleaved runs), {12.7e-3 / t_ours:.0f}x faster than the published code's "
         f"reference 12.7 ms, max iterate difference {max_diff:.1e}"
     )
 
