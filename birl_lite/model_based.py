@@ -1,6 +1,6 @@
 """M-SoBiRL: model-based bilevel RL with an amortized adjoint [YGY], and its exact variant.
 
-Math: ``../shared/design/math.md`` section 4 (chapter 4 of the book). The algorithm keeps three
+Chapter 4 of the book, equation (eq-ch4-msobirl). The algorithm keeps three
 warm-started states: the upper-level variable ``x_k``, the lower-level values ``V_k`` and the
 adjoint ``w_k``. One outer step reads like the pseudo-code:
 
@@ -16,13 +16,14 @@ The *exact* variant replaces the last line by a full solve ``V_{k+1} = V*_{x_{k+
 iteration, i.e. Newton, warm-started) and the adjoint step by the exact solve ``A_k w = b_k``, so
 ``h_k = grad phi(x_k)``: plain gradient descent on the hyperobjective.
 
-Implementation notes (why it is fast): the hot loop works on precomputed reshapes of ``P``, uses
-the problem's analytic derivatives when it has them (:class:`~birl_lite.problems.BilevelProblem`),
-runs without autograd, validates everything once before the loop and never inside it. The values
-are kept as ``U = V / tau`` so that one sweep is two torch calls,
-``U <- logsumexp_a(r_x / tau + gamma P U)``; the log-sum-exp and the softmax subtract the maximum,
-so the algorithm is stable at small temperatures (``tau = 0.01``), where the published code
-overflows.
+Implementation notes (why it is fast): the hot loop calls the unchecked kernels of
+:mod:`birl_lite.kernels` (the same soft backup, policy kernel and adjoint step every chapter uses),
+uses the problem's analytic derivatives when it has them
+(:class:`~birl_lite.problems.BilevelProblem`), runs without autograd, validates everything once
+before the loop and never inside it. The values are kept as ``U = V / tau``, so the kernels run at
+temperature 1: ``U <- logsumexp_a(r_x / tau + gamma P U)``; the log-sum-exp and the softmax
+subtract the maximum, so the algorithm is stable at small temperatures (``tau = 0.01``), where
+the published code overflows.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
+from . import kernels
 from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real
-from .hypergradient import hypergradient
+from .first_order import hypergradient
+from .linear_solve import ConvergenceWarning
 from .problems import BilevelProblem, _autograd_upper
-from .soft import ConvergenceWarning
 
 __all__ = ["MSoBiRLConfig", "MSoBiRLHistory", "MSoBiRLResult", "m_sobirl", "amortized_adjoint_step"]
 
@@ -155,7 +157,7 @@ class MSoBiRLResult:
 
 
 def amortized_adjoint_step(P_pi, gamma: float, w, b, zeta: float) -> torch.Tensor:
-    """One gradient step on ``1/2 ||A w - b||^2`` with ``A = (I - gamma P_pi)^T`` (math.md section 4).
+    """One gradient step on ``1/2 ||A w - b||^2`` with ``A = (I - gamma P_pi)^T`` (chapter 4, equation (eq-ch4-msobirl)).
 
     ``w_new = w - zeta A^T (A w - b) = w - zeta (I - gamma P_pi) ((I - gamma P_pi)^T w - b)``.
     The fixed point is the adjoint of (H2), ``A w = b``; the step converges for
@@ -179,8 +181,7 @@ def amortized_adjoint_step(P_pi, gamma: float, w, b, zeta: float) -> torch.Tenso
             f"P_pi must be [S, S] and w, b [S]; got {tuple(P_pi.shape)}, {tuple(w.shape)}, {tuple(b.shape)}"
         )
     gamma, zeta = check_real(gamma, "gamma"), check_real(zeta, "zeta")
-    A = torch.eye(S, dtype=DTYPE) - gamma * P_pi.T
-    return w - zeta * (A.T @ (A @ w - b))
+    return kernels.adjoint_gradient_step(P_pi, gamma, w, b, zeta)
 
 
 def _as_problem(problem) -> BilevelProblem:
@@ -203,7 +204,7 @@ def m_sobirl(
     w0=None,
     **overrides,
 ) -> MSoBiRLResult:
-    """Run M-SoBiRL (math.md section 4), or its exact variant with ``exact=True``.
+    """Run M-SoBiRL (chapter 4, equation (eq-ch4-msobirl)), or its exact variant with ``exact=True``.
 
     Args:
         problem: a :class:`~birl_lite.problems.BilevelProblem`, or a tuple
@@ -247,41 +248,38 @@ def m_sobirl(
     else:
         w = _vector(w0, "w0", S)
 
-    # ---- precomputed constants (no reshapes or checks inside the loop) ----------------------
+    # ---- constants (no reshapes or checks inside the loop) ----------------------------------
     gamma, inv_tau = mdp.gamma, 1.0 / tau
-    P3 = mdp.P.contiguous()  # [S, A, S]
-    P2 = P3.view(S * A, S)  # P2 @ U = sum_s' P(s'|s,a) U(s'), flat over (s, a)
-    PT = P2.T.contiguous()  # PT @ g = sum_{s,a} g(s,a) P(.|s,a)
-    eye = torch.eye(S, dtype=DTYPE)
+    trans = mdp.transitions
+    if trans.sparse:
+        raise TypeError("m_sobirl: the problem's MDP must have dense transitions")
     beta, zeta, N, m = cfg.beta, cfg.zeta, cfg.n_sweeps, cfg.n_adjoint_steps
     reward_fn = problem.reward_fn
     jacobian = problem.reward_jacobian or (lambda z: torch.func.jacrev(reward_fn)(z))
     upper = problem.upper_value_and_grad or (lambda z, p: _autograd_upper(problem.upper_fn, z, p))
-    log_A = math.log(A)
 
     def solve_lower(r_s: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Exact variant: Newton (soft policy iteration) on ``U = V / tau`` to ``forward_tol``."""
-        scale = max(1.0, (float(r_s.abs().max()) * tau + tau * log_A) / (1.0 - gamma))
-        tol_U = cfg.forward_tol * scale / tau
-        for _ in range(100):
-            Z = torch.addmv(r_s, P2, U, alpha=gamma).view(S, A)
-            TU = torch.logsumexp(Z, dim=1)
-            if float((TU - U).abs().max()) <= tol_U:
-                return U
-            P_pi = torch.bmm(torch.softmax(Z, dim=1).view(S, 1, A), P3).view(S, S)
-            U = U + torch.linalg.solve(eye - gamma * P_pi, TU - U)
-        warnings.warn(
-            "m_sobirl (exact): soft policy iteration did not reach forward_tol in 100 Newton steps",
-            ConvergenceWarning,
-            stacklevel=3,
+        scale = kernels.value_scale(r_s * tau, tau, A, gamma)  # r_s is flat [S*A]
+        U, _, ok = kernels.soft_policy_iteration(
+            trans, gamma, r_s, 1.0, U, cfg.forward_tol * max(1.0, scale) / tau, 100
         )
+        if not ok:
+            warnings.warn(
+                "m_sobirl (exact): soft policy iteration did not reach forward_tol in 100 Newton "
+                "steps",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         return U
 
     # Inference mode (no autograd bookkeeping at all) when the problem has analytic derivatives;
     # otherwise autograd is needed for them, and no_grad only switches off the graph of the loop.
+    # The values are kept in units of tau (U = V / tau, r_s = r / tau): the kernels then run at
+    # temperature 1, and one sweep is U <- logsumexp_a(r / tau + gamma P U).
     analytic = problem.reward_jacobian is not None and problem.upper_value_and_grad is not None
     with torch.inference_mode() if analytic else torch.no_grad():
-        U = V * inv_tau  # values in units of tau: one sweep is U <- logsumexp(r/tau + gamma P U)
+        U = V * inv_tau
         r_s = reward_fn(x).reshape(-1) * inv_tau  # r_{x_k} / tau, flat [S*A]
         if cfg.exact:
             U = solve_lower(r_s, U)
@@ -295,23 +293,21 @@ def m_sobirl(
         while True:
             t0 = time.perf_counter()
             # 1. the policy of the current values: pi_k = softmax((r_{x_k} + gamma P V_k) / tau)
-            Z = torch.addmv(r_s, P2, U, alpha=gamma).view(S, A)
-            pi = torch.softmax(Z, dim=1)
+            pi = kernels.softmax_policy(kernels.q_values(trans, gamma, r_s, U), 1.0)
             # 2. upper-level partial derivatives and the right-hand side of the adjoint system
             f, df_dx, df_dpi = upper(x, pi)
             f_hist.append(f)
             if k == cfg.max_iter:
                 break
             G = pi * df_dpi  # G(s, a) = pi(a|s) df/dpi(a|s)
-            b = torch.addmv(G.sum(dim=1), PT, G.view(-1), alpha=-gamma)
-            P_pi = torch.bmm(pi.view(S, 1, A), P3).view(S, S)
+            b = kernels.adjoint_rhs(trans, gamma, G)
+            P_pi = kernels.policy_kernel(trans, pi)
             # 3. adjoint: gradient step(s) on 1/2 ||A w - b||^2, A = (I - gamma P_pi)^T (exact: solve)
             if cfg.exact:
-                w = torch.linalg.solve(eye - gamma * P_pi.T, b)
+                w = kernels.solve_policy_system(P_pi, gamma, b, transpose=True).x
             else:
                 for _ in range(m):
-                    u = torch.addmv(w - b, P_pi.T, w, alpha=-gamma)  # A w - b
-                    w = torch.add(w, torch.addmv(u, P_pi, u, alpha=-gamma), alpha=-zeta)
+                    w = kernels.adjoint_gradient_step(P_pi, gamma, w, b, zeta)
             # 4. hypergradient estimate (H2): grad_x f + (1/tau) sum_{s,a} (G - pi w) grad_x r
             J = jacobian(x).reshape(S * A, n)
             coef = (G - pi * w.unsqueeze(1)).view(-1)
@@ -330,8 +326,7 @@ def m_sobirl(
                 U = solve_lower(r_s, U)
             else:
                 for _ in range(N):
-                    Z = torch.addmv(r_s, P2, U, alpha=gamma).view(S, A)
-                    U = torch.sub(Z, torch.log_softmax(Z, dim=1)).select(1, 0)  # logsumexp_a Z
+                    U = kernels.soft_backup(trans, gamma, r_s, U, 1.0)
             t_hist.append(time.perf_counter() - t0)
             k += 1
             if xs is not None:

@@ -1,12 +1,15 @@
 """Entropy-regularized (soft) dynamic programming on a :class:`~birl_lite.mdp.TabularMDP`.
 
-Math: ``../shared/design/math.md`` section 1 (chapter 1 of the book). With temperature ``tau > 0``::
+Chapter 1 of the book, equations (eq-soft-bellman) and (eq-softmax-policy). With temperature
+``tau > 0``::
 
     (T V)(s)  = tau * logsumexp_a( (r(s, a) + gamma * sum_s' P(s'|s, a) V(s')) / tau )       (soft Bellman)
     Q*        = r + gamma P V*,     pi*(a|s) = softmax_a(Q*(s, .) / tau) = exp((Q* - V*) / tau)
 
 Everything is float64 and stable for small temperatures: the log-sum-exp subtracts the maximum
-(``torch.logsumexp``), and no function ever exponentiates a raw ``Q / tau``.
+(``torch.logsumexp``), and no function ever exponentiates a raw ``Q / tau``. The formulas live
+once in :mod:`birl_lite.kernels`; the functions here validate their inputs and call them, on dense
+or sparse MDPs alike.
 
 Two forward solvers return the same :class:`SoftVIResult`:
 
@@ -23,7 +26,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real, check_tau
+from . import kernels
+from ._validation import (
+    DTYPE,
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_real,
+    check_tau,
+)
+from .linear_solve import ConvergenceWarning
 from .mdp import TabularMDP, check_mdp
 
 __all__ = [
@@ -45,10 +58,6 @@ __all__ = [
     "soft_return",
     "expected_return",
 ]
-
-
-class ConvergenceWarning(RuntimeWarning):
-    """An iterative solver stopped at ``max_iter`` before reaching its tolerance."""
 
 
 @dataclass
@@ -129,11 +138,13 @@ def q_values(mdp: TabularMDP, r, V) -> torch.Tensor:
     Returns:
         ``[S, A]`` (or ``[S, A, n]``).
     """
-    return r + mdp.gamma * mdp.expect_next(V)
+    return kernels.q_values(mdp.transitions, mdp.gamma, r, V)
 
 
 def softmax_policy(Q, tau: float) -> torch.Tensor:
     """``pi(a|s) = softmax_a(Q(s, .) / tau)``, computed stably (max-subtraction).
+
+    Chapter 1, equation (eq-softmax-policy).
 
     Args:
         Q: action values ``[S, A]``.
@@ -142,9 +153,7 @@ def softmax_policy(Q, tau: float) -> torch.Tensor:
     Returns:
         ``[S, A]``, rows summing to 1.
     """
-    tau = check_tau(tau)
-    Q = as_tensor(Q, "Q")
-    return torch.softmax(Q / tau, dim=-1)
+    return kernels.softmax_policy(as_tensor(Q, "Q"), check_tau(tau))
 
 
 def greedy_policy(Q) -> torch.Tensor:
@@ -156,7 +165,7 @@ def greedy_policy(Q) -> torch.Tensor:
 def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
     """The soft Bellman optimality operator ``(T V)(s) = tau * logsumexp_a(Q(s, a) / tau)``.
 
-    Math: math.md section 1, with ``Q = r + gamma P V``.
+    Chapter 1, equation (eq-soft-bellman), with ``Q = r + gamma P V``.
 
     Args:
         mdp: the dynamics.
@@ -171,7 +180,7 @@ def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
     V = _check_values(mdp, V)
-    return tau * torch.logsumexp(q_values(mdp, r, V) / tau, dim=-1)
+    return kernels.soft_backup(mdp.transitions, mdp.gamma, r, V, tau)
 
 
 def bellman(mdp: TabularMDP, r, V) -> torch.Tensor:
@@ -179,32 +188,37 @@ def bellman(mdp: TabularMDP, r, V) -> torch.Tensor:
     mdp = check_mdp(mdp)
     r = _check_reward(mdp, r)
     V = _check_values(mdp, V)
-    return q_values(mdp, r, V).max(dim=-1).values
+    return kernels.q_values(mdp.transitions, mdp.gamma, r, V).max(dim=-1).values
 
 
 # --------------------------------------------------------------------------------------------
 # Forward solvers
 # --------------------------------------------------------------------------------------------
 
+#: Linear solvers for the systems with ``I - gamma P_pi`` (see :func:`birl_lite.linear_solve.solve`).
+LINEAR_SOLVERS = ("auto", "direct", "neumann", "gmres", "bicgstab")
 
-def _fixed_point(step, V, tol: float, max_iter: int, what: str):
-    """Iterate ``V <- step(V)`` until ``||step(V) - V||_inf <= tol``; return (V, residuals, ok)."""
-    residuals = []
-    for _ in range(max_iter):
-        V_new = step(V)
-        res = float((V_new - V).detach().abs().max())
-        residuals.append(res)
-        V = V_new
-        if not math.isfinite(res):
-            raise FloatingPointError(f"{what} diverged (non-finite residual)")
-        if res <= tol:
-            return V, residuals, True
+
+def resolve_linear_solver(mdp: TabularMDP, linear_solver: str) -> str:
+    """``"auto"``: dense LU for dense MDPs, BiCGSTAB for sparse ones (sparse LU fills in on
+    random supports: chapter 3, section on large MDPs); any other name is returned as is."""
+    check_choice(linear_solver, "linear_solver", LINEAR_SOLVERS)
+    if linear_solver == "auto":
+        return "bicgstab" if mdp.is_sparse else "direct"
+    return linear_solver
+
+
+def _start(mdp: TabularMDP, V0) -> torch.Tensor:
+    return torch.zeros(mdp.n_states, dtype=DTYPE) if V0 is None else _check_values(mdp, V0, "V0")
+
+
+def _warn_unconverged(what: str, max_iter: int, residual: float, tol: float, unit: str) -> None:
     warnings.warn(
-        f"{what} stopped after max_iter={max_iter} sweeps with residual {residuals[-1]:.3g} > tol={tol:.3g}",
+        f"{what} stopped after max_iter={max_iter} {unit} with residual {residual:.3g} > "
+        f"tol={tol:.3g}",
         ConvergenceWarning,
         stacklevel=3,
     )
-    return V, residuals, False
 
 
 def soft_value_iteration(
@@ -223,11 +237,12 @@ def soft_value_iteration(
     ``r`` requires grad, autograd flows through all the sweeps (unrolled differentiation).
 
     Args:
-        mdp: the dynamics.
+        mdp: the dynamics (dense or sparse).
         r: reward ``[S, A]``.
         tau: temperature ``> 0``.
         V0: warm start ``[S]``; zeros when ``None``.
-        tol: stopping tolerance on the sup-norm change between sweeps.
+        tol: stopping tolerance on the sup-norm change between sweeps; raised to the round-off
+            floor :func:`birl_lite.kernels.residual_floor` of the value scale when below it.
         max_iter: maximum number of sweeps (a :class:`ConvergenceWarning` is issued if reached).
 
     Returns:
@@ -237,22 +252,21 @@ def soft_value_iteration(
     mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
-    tol = check_real(tol, "tol")
+    tol = _check_tol(tol)
     max_iter = check_positive_int(max_iter, "max_iter")
-    V = torch.zeros(mdp.n_states, dtype=DTYPE) if V0 is None else _check_values(mdp, V0, "V0")
-    S, A = mdp.n_states, mdp.n_actions
-    P2 = mdp.P.reshape(S * A, S)
-    g = mdp.gamma
-
-    def step(V):
-        return tau * torch.logsumexp((r + g * (P2 @ V).view(S, A)) / tau, dim=-1)
-
-    V, residuals, ok = _fixed_point(step, V, tol, max_iter, "soft_value_iteration")
-    Q = q_values(mdp, r, V)
+    V = _start(mdp, V0)
+    trans, g = mdp.transitions, mdp.gamma
+    tol_eff = max(tol, kernels.residual_floor(kernels.value_scale(r, tau, mdp.n_actions, g)))
+    V, residuals, ok = kernels.fixed_point(
+        lambda V: kernels.soft_backup(trans, g, r, V, tau), V, tol_eff, max_iter
+    )
+    if not ok:
+        _warn_unconverged("soft_value_iteration", max_iter, residuals[-1], tol_eff, "sweeps")
+    Q = kernels.q_values(trans, g, r, V)
     return SoftVIResult(
         V,
         Q,
-        torch.softmax(Q / tau, dim=-1),
+        kernels.softmax_policy(Q, tau),
         len(residuals),
         torch.tensor(residuals, dtype=DTYPE),
         ok,
@@ -267,6 +281,7 @@ def soft_policy_iteration(
     *,
     tol: float = 1e-10,
     max_iter: int = 200,
+    linear_solver: str = "auto",
 ) -> SoftVIResult:
     """Soft policy iteration = Newton's method on the soft Bellman equation ``T V - V = 0``.
 
@@ -276,45 +291,32 @@ def soft_policy_iteration(
     monotone and, near ``V*``, quadratic, so a handful of ``S x S`` solves replace the thousands
     of sweeps value iteration needs when ``gamma`` is close to 1.
 
-    Args and returns: as :func:`soft_value_iteration` (``n_iter`` counts Newton steps;
-    ``residuals[k] = ||T V_k - V_k||_inf`` of the k-th iterate, the last one of the returned ``V``).
+    Args: as :func:`soft_value_iteration` (``n_iter`` counts Newton steps;
+    ``residuals[k] = ||T V_k - V_k||_inf`` of the k-th iterate, the last one of the returned
+    ``V``), and ``linear_solver`` for the Newton systems: ``"auto"`` (dense LU, or BiCGSTAB on
+    sparse MDPs, with a tolerance that shrinks with the residual), ``"direct"`` (LU, sparse LU on
+    sparse MDPs), ``"gmres"``, ``"bicgstab"`` or ``"neumann"``
+    (:func:`birl_lite.linear_solve.solve`).
     """
     mdp = check_mdp(mdp)
     tau = check_tau(tau)
     r = _check_reward(mdp, r)
-    tol = check_real(tol, "tol")
+    tol = _check_tol(tol)
     max_iter = check_positive_int(max_iter, "max_iter")
-    V = torch.zeros(mdp.n_states, dtype=DTYPE) if V0 is None else _check_values(mdp, V0, "V0")
-    eye = torch.eye(mdp.n_states, dtype=DTYPE)
-    residuals: list[float] = []
-    converged = False
-    for _ in range(max_iter + 1):
-        Q = q_values(mdp, r, V)
-        TV = tau * torch.logsumexp(Q / tau, dim=-1)
-        res = float((TV - V).detach().abs().max())
-        residuals.append(res)
-        if not math.isfinite(res):
-            raise FloatingPointError("soft_policy_iteration diverged (non-finite residual)")
-        if res <= tol:
-            converged = True
-            break
-        if len(residuals) > max_iter:
-            break
-        # Newton step: solve (I - gamma P_pi)(V_new - V) = T V - V.
-        pi = torch.softmax(Q / tau, dim=-1)
-        V = V + torch.linalg.solve(eye - mdp.gamma * transition_under(mdp, pi), TV - V)
+    method = resolve_linear_solver(mdp, linear_solver)
+    V = _start(mdp, V0)
+    trans, g = mdp.transitions, mdp.gamma
+    tol_eff = max(tol, kernels.residual_floor(kernels.value_scale(r, tau, mdp.n_actions, g)))
+    V, residuals, converged = kernels.soft_policy_iteration(
+        trans, g, r, tau, V, tol_eff, max_iter, method=method
+    )
     if not converged:
-        warnings.warn(
-            f"soft_policy_iteration stopped after max_iter={max_iter} steps with residual "
-            f"{residuals[-1]:.3g} > tol={tol:.3g}",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    Q = q_values(mdp, r, V)
+        _warn_unconverged("soft_policy_iteration", max_iter, residuals[-1], tol_eff, "steps")
+    Q = kernels.q_values(trans, g, r, V)
     return SoftVIResult(
         V,
         Q,
-        torch.softmax(Q / tau, dim=-1),
+        kernels.softmax_policy(Q, tau),
         len(residuals) - 1,
         torch.tensor(residuals, dtype=DTYPE),
         converged,
@@ -331,15 +333,17 @@ def value_iteration(
     mdp = check_mdp(mdp)
     r = _check_reward(mdp, r)
     max_iter = check_positive_int(max_iter, "max_iter")
-    V = torch.zeros(mdp.n_states, dtype=DTYPE) if V0 is None else _check_values(mdp, V0, "V0")
-    V, residuals, ok = _fixed_point(
-        lambda V: q_values(mdp, r, V).max(dim=-1).values,
-        V,
-        check_real(tol, "tol"),
+    tol = _check_tol(tol)
+    trans, g = mdp.transitions, mdp.gamma
+    V, residuals, ok = kernels.fixed_point(
+        lambda V: kernels.q_values(trans, g, r, V).max(dim=-1).values,
+        _start(mdp, V0),
+        tol,
         max_iter,
-        "value_iteration",
     )
-    Q = q_values(mdp, r, V)
+    if not ok:
+        _warn_unconverged("value_iteration", max_iter, residuals[-1], tol, "sweeps")
+    Q = kernels.q_values(trans, g, r, V)
     return SoftVIResult(
         V, Q, greedy_policy(Q), len(residuals), torch.tensor(residuals, dtype=DTYPE), ok
     )
@@ -350,22 +354,37 @@ def value_iteration(
 # --------------------------------------------------------------------------------------------
 
 
-def transition_under(mdp: TabularMDP, pi) -> torch.Tensor:
-    """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s, a)``, the state-to-state kernel of ``pi``; ``[S, S]``."""
+def transition_under(mdp: TabularMDP, pi):
+    """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s, a)``, the state-to-state kernel of ``pi``.
+
+    Returns:
+        ``[S, S]``: a dense tensor, or a scipy CSR matrix for a sparse MDP.
+    """
     mdp = check_mdp(mdp)
     pi = _check_policy(mdp, pi)
-    return torch.einsum("sa,sat->st", pi, mdp.P)
+    return kernels.policy_kernel(mdp.transitions, pi)
 
 
 def reward_under(pi, r) -> torch.Tensor:
     """``r_pi[s, ...] = sum_a pi(a|s) r(s, a, ...)``; ``r`` may be vector-valued ``[S, A, ...]``."""
-    return torch.einsum("sa,sa...->s...", pi, r)
+    return kernels.policy_reward(pi, r)
 
 
 def entropy(pi) -> torch.Tensor:
     """Per-state entropy ``H(pi(.|s)) = -sum_a pi log pi`` (``0 log 0 = 0``); ``[S]``."""
-    pi = as_tensor(pi, "pi")
-    return -torch.special.xlogy(pi, pi).sum(dim=-1)
+    return kernels.entropy(as_tensor(pi, "pi"))
+
+
+#: ``evaluate_policy`` method names: the book's two, and the solvers of ``linear_solve.solve``.
+_EVAL_METHODS = {
+    "exact": "direct",
+    "iterative": "neumann",
+    "direct": "direct",
+    "neumann": "neumann",
+    "gmres": "gmres",
+    "bicgstab": "bicgstab",
+    "auto": "auto",
+}
 
 
 def evaluate_policy(
@@ -384,14 +403,16 @@ def evaluate_policy(
     gives ``V`` of shape ``[S, n]``), which is what the hypergradient of chapter 3 needs.
 
     Args:
-        mdp: the dynamics.
+        mdp: the dynamics (dense or sparse).
         pi: policy ``[S, A]``.
         r: reward ``[S, A]`` or ``[S, A, ...]``.
         tau: temperature of the entropy bonus; ``0`` for the unregularized value (the only
             option for vector-valued rewards).
-        method: ``"exact"`` (dense linear solve) or ``"iterative"`` (sweeps
-            ``V <- r_pi + gamma P_pi V`` until the sup-norm change is ``<= tol``).
-        tol, max_iter: for ``method="iterative"``.
+        method: ``"exact"`` (LU: dense, or sparse LU), ``"iterative"`` (sweeps
+            ``V <- r_pi + gamma P_pi V`` until the relative residual is ``<= tol``), or a
+            solver of :func:`birl_lite.linear_solve.solve` (``"gmres"``, ``"bicgstab"``), or
+            ``"auto"`` (see :func:`soft_policy_iteration`).
+        tol, max_iter: for the iterative methods (relative residual, iteration cap).
 
     Returns:
         ``V`` of shape ``[S]`` or ``[S, ...]``.
@@ -402,58 +423,60 @@ def evaluate_policy(
     tau = check_real(tau, "tau")
     if tau < 0:
         raise ValueError(f"tau must be >= 0 for policy evaluation, got {tau}")
-    r_pi = reward_under(pi, r)
+    if method not in _EVAL_METHODS:
+        raise ValueError(
+            "method must be 'exact' or 'iterative' (or a solver of birl_lite.linear_solve: "
+            f"'direct', 'neumann', 'gmres', 'bicgstab', 'auto'), got {method!r}"
+        )
+    solver = resolve_linear_solver(mdp, _EVAL_METHODS[method])
+    r_pi = kernels.policy_reward(pi, r)
     if tau > 0:
         if r.ndim != 2:
             raise ValueError("tau > 0 (entropy bonus) needs a scalar reward r of shape [S, A]")
-        r_pi = r_pi + tau * entropy(pi)
-    P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
-    if method == "exact":
-        eye = torch.eye(mdp.n_states, dtype=DTYPE)
-        flat = r_pi.reshape(mdp.n_states, -1)
-        return torch.linalg.solve(eye - mdp.gamma * P_pi, flat).reshape(r_pi.shape)
-    if method == "iterative":
-        max_iter = check_positive_int(max_iter, "max_iter")
-        g = mdp.gamma
-        flat = r_pi.reshape(mdp.n_states, -1)
-        V, _, _ = _fixed_point(
-            lambda V: flat + g * (P_pi @ V),
-            torch.zeros_like(flat),
-            tol,
-            max_iter,
-            "evaluate_policy",
-        )
-        return V.reshape(r_pi.shape)
-    raise ValueError(f"method must be 'exact' or 'iterative', got {method!r}")
+        r_pi = r_pi + tau * kernels.entropy(pi)
+    kwargs = {}
+    if solver != "direct":
+        kwargs = {"tol": _check_tol(tol), "max_iter": check_positive_int(max_iter, "max_iter")}
+    return kernels.evaluate(mdp.transitions, mdp.gamma, pi, r_pi, method=solver, **kwargs)
 
 
-def state_visitation(mdp: TabularMDP, pi, *, rho=None, normalize: bool = False) -> torch.Tensor:
+def state_visitation(
+    mdp: TabularMDP, pi, *, rho=None, normalize: bool = False, linear_solver: str = "auto"
+) -> torch.Tensor:
     """Discounted state visitation ``d = (I - gamma P_pi^T)^{-1} rho``, ``d(s) = sum_t gamma^t Pr(s_t = s)``.
 
     Args:
-        mdp: the dynamics.
+        mdp: the dynamics (dense or sparse).
         pi: policy ``[S, A]``.
         rho: start distribution ``[S]``; ``mdp.rho`` when ``None``.
         normalize: multiply by ``1 - gamma`` so that ``d`` sums to 1 (a distribution); the default
-            (unnormalized, sums to ``1 / (1 - gamma)``) is the ``d`` of math.md section 3.
+            (unnormalized, sums to ``1 / (1 - gamma)``) is the ``d`` of chapter 3.
+        linear_solver: as :func:`soft_policy_iteration`.
 
     Returns:
         ``d`` of shape ``[S]``.
     """
     mdp = check_mdp(mdp)
-    P_pi = transition_under(mdp, pi)
+    pi = _check_policy(mdp, pi)
     rho = mdp.rho if rho is None else _check_values(mdp, rho, "rho")
-    eye = torch.eye(mdp.n_states, dtype=DTYPE)
-    d = torch.linalg.solve(eye - mdp.gamma * P_pi.T, rho)
+    method = resolve_linear_solver(mdp, linear_solver)
+    d = kernels.visitation(mdp.transitions, mdp.gamma, pi, rho, method=method)
     return d * (1.0 - mdp.gamma) if normalize else d
 
 
 def soft_return(mdp: TabularMDP, pi, r, tau: float) -> torch.Tensor:
     """Soft (entropy-regularized) return ``E_{s0 ~ rho}[V^pi_tau(s0)]``, a 0-dim tensor."""
     tau = check_tau(tau)
-    return mdp.rho @ evaluate_policy(mdp, pi, r, tau=tau)
+    return mdp.rho @ evaluate_policy(mdp, pi, r, tau=tau, method="auto")
 
 
 def expected_return(mdp: TabularMDP, pi, r) -> torch.Tensor:
     """Unregularized return ``J(pi) = E_{s0 ~ rho}[V^pi(s0)]`` (``r`` may be vector-valued)."""
-    return torch.tensordot(mdp.rho, evaluate_policy(mdp, pi, r), dims=([0], [0]))
+    return torch.tensordot(mdp.rho, evaluate_policy(mdp, pi, r, method="auto"), dims=([0], [0]))
+
+
+def _check_tol(tol) -> float:
+    tol = check_real(tol, "tol")
+    if not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol}")
+    return tol
