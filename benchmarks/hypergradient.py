@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 import birl_lite as bl
-from birl_lite.hypergradient import (
+from birl_lite.first_order import hypergradient
+from birl_lite.reference_methods import (
     aid_hypergradient,
     finite_difference_hypergradient,
-    hypergradient,
     unrolled_hypergradient,
 )
 

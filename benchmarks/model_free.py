@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import birl_lite as bl
-from birl_lite.hypergradient import return_hypergradient
+from birl_lite.first_order import return_hypergradient
 from birl_lite.model_free import sampled_hypergradient
 
 

@@ -5,10 +5,16 @@ The package behind the birl-book Jupyter Book. Every tabular tensor is ``torch.f
 
 Modules mirror the chapters:
 
-* :mod:`birl_lite.mdp`: :class:`TabularMDP`, builders, gymnasium toy-text -> tabular.
+* :mod:`birl_lite.kernels`: the tabular core every algorithm calls (soft backup, policy kernel,
+  evaluation, visitation, adjoint), with dense and sparse transitions.
+* :mod:`birl_lite.linear_solve`: one interface ``solve(A, b, method=...)`` for every linear system
+  (direct, sparse LU, CG, Neumann, GMRES, BiCGSTAB, Nystrom).
+* :mod:`birl_lite.mdp`: :class:`TabularMDP` (dense or sparse), builders, gymnasium toy-text ->
+  tabular.
 * :mod:`birl_lite.envs`: :class:`TabularEnv`, a gymnasium env sampling a tabular model.
 * :mod:`birl_lite.soft`: the soft Bellman operator, soft value / policy iteration, policy evaluation.
-* :mod:`birl_lite.hypergradient`: the first-order hypergradient (H1, H2) and reference methods.
+* :mod:`birl_lite.first_order`: the first-order hypergradient (H1, H2);
+  :mod:`birl_lite.reference_methods`: the unrolled, finite-difference and AID references.
 * :mod:`birl_lite.problems`, :mod:`birl_lite.model_based`: bilevel problems and M-SoBiRL.
 * :mod:`birl_lite.model_free`, :mod:`birl_lite.preference`: SoBiRL from samples, preference learning.
 * :mod:`birl_lite.ihvp`: inverse-Hessian-vector products (CG, Neumann, Nystrom), implicit differentiation.
@@ -19,16 +25,7 @@ Modules mirror the chapters:
 
 from ._validation import DTYPE
 from .envs import TabularEnv
-from .hypergradient import (
-    aid_hypergradient,
-    finite_difference_hypergradient,
-    hypergradient,
-    hyperobjective,
-    logit_hessian,
-    logit_objective,
-    return_hypergradient,
-    unrolled_hypergradient,
-)
+from .first_order import hypergradient, hyperobjective, return_hypergradient
 from .mdp import (
     FOUR_ROOMS_LAYOUT,
     TabularMDP,
@@ -36,12 +33,20 @@ from .mdp import (
     four_rooms,
     from_gymnasium,
     gridworld,
+    random_layout,
     random_mdp,
     random_reward,
 )
 from .model_based import MSoBiRLConfig, m_sobirl
 from .model_free import SoBiRLConfig, sampled_hypergradient, sobirl, soft_q_learning
 from .problems import BilevelProblem, reward_design_problem, synthetic_problem
+from .reference_methods import (
+    aid_hypergradient,
+    finite_difference_hypergradient,
+    logit_hessian,
+    logit_objective,
+    unrolled_hypergradient,
+)
 from .soft import (
     ConvergenceWarning,
     SoftVIResult,
@@ -93,6 +98,7 @@ __all__ = [
     "greedy_policy",
     "gridworld",
     "q_values",
+    "random_layout",
     "random_mdp",
     "random_reward",
     "reward_design_problem",

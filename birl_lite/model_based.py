@@ -61,7 +61,7 @@ class MSoBiRLConfig:
         forward_tol: exact variant: relative tolerance of the lower-level solve, stopping at
             ``||T V - V||_inf <= forward_tol * max(1, (||r||_inf + tau log A) / (1 - gamma))``.
         record_true_grad: also record ``phi(x_k)`` and ``||grad phi(x_k)||`` from the exact
-            hypergradient (:func:`birl_lite.hypergradient.hypergradient`); outside the timings.
+            hypergradient (:func:`birl_lite.first_order.hypergradient`); outside the timings.
         record_iterates: also record every iterate ``x_k``.
     """
 

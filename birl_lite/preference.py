@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ._validation import DTYPE, as_tensor, check_positive_int, check_real, check_tau
-from .hypergradient import hypergradient, upper_gradients
+from .first_order import hypergradient, upper_gradients
 from .mdp import TabularTask, gridworld
 from .problems import BilevelProblem
 from .soft import expected_return

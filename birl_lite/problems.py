@@ -40,7 +40,7 @@ from ._validation import (
     check_real,
     check_tau,
 )
-from .hypergradient import RewardFn, UpperFn
+from .first_order import RewardFn, UpperFn
 from .mdp import TabularMDP, TabularTask, check_mdp, four_rooms, random_mdp
 from .soft import soft_policy_iteration, state_visitation, transition_under
 

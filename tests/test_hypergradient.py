@@ -12,17 +12,19 @@ from birl_lite import (
     soft_policy_iteration,
 )
 from birl_lite.exercises.ch03 import check_adjoint, check_h1
-from birl_lite.hypergradient import (
-    aid_hypergradient,
-    finite_difference_hypergradient,
+from birl_lite.first_order import (
     hypergradient,
     hyperobjective,
-    logit_hessian,
-    logit_objective,
     return_hypergradient,
     reward_jacobian,
-    unrolled_hypergradient,
     upper_gradients,
+)
+from birl_lite.reference_methods import (
+    aid_hypergradient,
+    finite_difference_hypergradient,
+    logit_hessian,
+    logit_objective,
+    unrolled_hypergradient,
 )
 
 D = torch.float64

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from birl_lite.exercises.ch04 import check_adjoint_step
-from birl_lite.hypergradient import hypergradient
+from birl_lite.first_order import hypergradient
 from birl_lite.model_based import MSoBiRLConfig, amortized_adjoint_step, m_sobirl
 from birl_lite.problems import BilevelProblem, reward_design_problem, synthetic_problem
 from birl_lite.soft import soft_policy_iteration, transition_under

@@ -7,7 +7,7 @@ import torch
 
 import birl_lite as bl
 from birl_lite.exercises.ch05 import check_mc_returns
-from birl_lite.hypergradient import hypergradient, return_hypergradient
+from birl_lite.first_order import hypergradient, return_hypergradient
 from birl_lite.model_free import (
     ModelFreeProblem,
     StepSize,

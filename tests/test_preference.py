@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from birl_lite.exercises.ch06 import check_bradley_terry_loss
-from birl_lite.hypergradient import finite_difference_hypergradient
 from birl_lite.preference import (
     bradley_terry_loss,
     hypergradient_split,
@@ -14,6 +13,7 @@ from birl_lite.preference import (
     preference_problem,
     train,
 )
+from birl_lite.reference_methods import finite_difference_hypergradient
 
 
 def test_bradley_terry_loss_is_stable_and_correct():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from birl_lite.exercises.ch02 import check_hyperobjective
-from birl_lite.hypergradient import finite_difference_hypergradient, hypergradient
+from birl_lite.first_order import hypergradient
 from birl_lite.mdp import four_rooms, gridworld
 from birl_lite.problems import (
     BilevelProblem,
@@ -15,6 +15,7 @@ from birl_lite.problems import (
     shaping_features,
     synthetic_problem,
 )
+from birl_lite.reference_methods import finite_difference_hypergradient
 from birl_lite.soft import expected_return, soft_policy_iteration, soft_value_iteration
 
 D = torch.float64

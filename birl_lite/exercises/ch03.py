@@ -4,7 +4,7 @@
 * :func:`check_adjoint`: the reader implements the adjoint vector ``w`` of (H2).
 
 Each checker draws random instances (seeded), computes the reference with
-:func:`birl_lite.hypergradient.hypergradient`, prints ``PASS`` or ``FAIL`` with the first mismatch,
+:func:`birl_lite.first_order.hypergradient`, prints ``PASS`` or ``FAIL`` with the first mismatch,
 and returns a bool.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._validation import DTYPE, check_positive_int
-from ..hypergradient import hypergradient, upper_gradients
+from ..first_order import hypergradient, upper_gradients
 from ..mdp import TabularMDP, random_mdp
 from ._common import Case, run_cases
 
@@ -57,7 +57,7 @@ def check_h1(
     softmax.
 
     Returns:
-        ``True`` if ``fn`` matches :func:`~birl_lite.hypergradient.hypergradient` to relative
+        ``True`` if ``fn`` matches :func:`~birl_lite.first_order.hypergradient` to relative
         error ``rtol`` on all ``n_cases`` random instances.
     """
     n_cases = check_positive_int(n_cases, "n_cases")

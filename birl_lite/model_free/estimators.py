@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .._validation import DTYPE, as_tensor, check_choice, check_gamma, check_real, check_tau
-from ..hypergradient import RewardFn, UpperFn, upper_gradients
-from ..hypergradient import reward_jacobian as _autograd_jacobian
+from ..first_order import RewardFn, UpperFn, upper_gradients
+from ..first_order import reward_jacobian as _autograd_jacobian
 from .critics import _CRITICS, Critic, fit_critic
 from .sampling import Transitions, _check_policy, _table, discrete_spaces, sample_transitions
 

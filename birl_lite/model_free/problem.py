@@ -19,8 +19,8 @@ import torch
 
 from .._validation import as_tensor, check_choice, check_gamma, check_real, check_tau
 from ..envs import TabularEnv
-from ..hypergradient import RewardFn, UpperFn
-from ..hypergradient import reward_jacobian as _autograd_jacobian
+from ..first_order import RewardFn, UpperFn
+from ..first_order import reward_jacobian as _autograd_jacobian
 from .sampling import _TERMINAL, discrete_spaces
 
 __all__ = ["ModelFreeProblem", "model_free_problem"]
