@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import kernels
 from ._validation import DTYPE, as_tensor, check_positive_int, check_real, check_tau
 from .first_order import hypergradient, upper_gradients
 from .mdp import TabularTask, gridworld
@@ -124,9 +125,7 @@ class PreferenceProblem:
     def visitation(self, pi: torch.Tensor) -> torch.Tensor:
         """``mu_pi = (1 - gamma) (I - gamma P_pi^T)^{-1} rho`` ``[S]`` (differentiable in ``pi``)."""
         mdp = self.mdp
-        P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
-        eye = torch.eye(mdp.n_states, dtype=DTYPE)
-        return (1.0 - mdp.gamma) * torch.linalg.solve(eye - mdp.gamma * P_pi.T, mdp.rho)
+        return (1.0 - mdp.gamma) * kernels.visitation(mdp.transitions, mdp.gamma, pi, mdp.rho)
 
     def loss(self, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """The expected Bradley-Terry loss of pairs drawn from ``mu`` (without the ridge), 0-dim."""

@@ -40,9 +40,9 @@ from ._validation import (
     check_real,
     check_tau,
 )
-from .first_order import RewardFn, UpperFn
+from .first_order import RewardFn, UpperFn, negative_return
 from .mdp import TabularMDP, TabularTask, check_mdp, four_rooms, random_mdp
-from .soft import soft_policy_iteration, state_visitation, transition_under
+from .soft import soft_policy_iteration
 
 __all__ = [
     "BilevelProblem",
@@ -397,8 +397,6 @@ def reward_design_problem(
     if tuple(x0.shape) != (n,):
         raise ValueError(f"x0 must have shape [n] = [{n}], got {tuple(x0.shape)}")
     F2 = feats.reshape(S * A, n)
-    eye = torch.eye(S, dtype=DTYPE)
-    gamma, rho, P = mdp.gamma, mdp.rho, mdp.P
 
     def reward_fn(x: torch.Tensor) -> torch.Tensor:
         return r_env + (F2 @ x).view(S, A)
@@ -406,18 +404,8 @@ def reward_design_problem(
     def reward_jacobian(x: torch.Tensor) -> torch.Tensor:
         return feats
 
-    def upper_fn(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        P_pi = torch.einsum("sa,sat->st", pi, P)
-        V = torch.linalg.solve(eye - gamma * P_pi, (pi * r_env).sum(-1))
-        return -(rho @ V) + 0.5 * lam * torch.dot(x, x)
-
-    def upper_value_and_grad(x: torch.Tensor, pi: torch.Tensor):
-        lhs = eye - gamma * transition_under(mdp, pi)
-        V = torch.linalg.solve(lhs, (pi * r_env).sum(-1))
-        Q = r_env + gamma * mdp.expect_next(V)
-        d = state_visitation(mdp, pi)
-        f = -(rho @ V) + 0.5 * lam * torch.dot(x, x)
-        return f, lam * x, -d.unsqueeze(-1) * Q
+    # f(x, pi) = -J_env(pi) + (lam / 2) ||x||^2, with its partials in closed form
+    upper_fn, upper_value_and_grad = negative_return(mdp, r_env, ridge=lam)
 
     return BilevelProblem(
         mdp=mdp,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import kernels
 from .._validation import DTYPE, as_tensor, check_choice, check_positive_int, check_real
 from .critics import _CRITICS
 from .estimators import _ESTIMATORS, hypergradient_from_batch
@@ -133,9 +134,8 @@ class SoBiRLResult:
 
 
 def _policy(Q: np.ndarray, tau: float) -> np.ndarray:
-    z = Q / tau
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
+    """``softmax(Q / tau)`` of a numpy table, by :func:`birl_lite.kernels.softmax_policy`."""
+    return kernels.softmax_policy(torch.from_numpy(Q), tau).numpy()
 
 
 def sobirl(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import kernels
 from .._validation import DTYPE, as_tensor, check_choice, check_positive_int
 from .sampling import _TERMINAL, Transitions, _check_policy, _table
 
@@ -130,9 +131,7 @@ def fit_critic(
                 "fit_critic needs r (the designed reward [S, A]) for absorbing terminals"
             )
         r_np = _table(r, S, A, "r")
-        z = r_np / tau
-        pabs = np.exp(z - z.max(axis=1, keepdims=True))
-        pabs /= pabs.sum(axis=1, keepdims=True)
+        pabs = kernels.softmax_policy(torch.from_numpy(r_np), tau).numpy()
         dV_abs = np.einsum("sa,san->sn", pabs, dr_np) / (1.0 - gamma)
     else:
         dV_abs = np.zeros((S, n))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import kernels
 from .._validation import (
     DTYPE,
     check_choice,
@@ -69,14 +70,20 @@ class StepSize:
         return max(self.alpha_min, float(n) ** (-self.omega))
 
 
+def _soft_values(Q: np.ndarray, tau: float) -> np.ndarray:
+    """``tau logsumexp_a(Q(s, .) / tau)`` of a numpy table ``[S, A]``, by the book's one kernel."""
+    return kernels.soft_max(torch.from_numpy(Q), tau).numpy()
+
+
 def _absorbing_values(r: np.ndarray, tau: float, gamma: float) -> np.ndarray:
     """``tau logsumexp(r(s, .) / tau) / (1 - gamma)``: the soft value of staying forever in ``s``."""
-    z = r / tau
-    m = z.max(axis=1)
-    return tau * (m + np.log(np.exp(z - m[:, None]).sum(axis=1))) / (1.0 - gamma)
+    return _soft_values(r, tau) / (1.0 - gamma)
 
 
 def _soft_v(row: np.ndarray, tau: float) -> float:
+    """The soft value ``tau logsumexp(row / tau)`` of one row, for the per-sample loops: the scalar
+    specialization of :func:`birl_lite.kernels.soft_max` (a torch call per sample would triple the
+    cost of soft Q-learning); tested equal to it."""
     m = float(row.max())
     return m + tau * math.log(float(np.exp((row - m) / tau).sum()))
 
@@ -120,12 +127,7 @@ def soft_q_update(
         extra,
         strict=True,
     ):
-        if term:
-            v2 = float(V_term[s2])
-        else:
-            row = Q[s2]
-            m = row.max()
-            v2 = float(m + tau * math.log(np.exp((row - m) / tau).sum()))
+        v2 = float(V_term[s2]) if term else _soft_v(Q[s2], tau)
         counts[s, a] += 1
         alpha = max(amin, counts[s, a] ** (-omega))
         Q[s, a] += alpha * (r[s, a] + re + gamma * v2 - Q[s, a])
@@ -229,8 +231,8 @@ def soft_q_learning(
     Qt = torch.as_tensor(Q, dtype=DTYPE)
     return SoftQResult(
         Q=Qt,
-        V=tau * torch.logsumexp(Qt / tau, dim=1),
-        pi=torch.softmax(Qt / tau, dim=1),
+        V=kernels.soft_max(Qt, tau),
+        pi=kernels.softmax_policy(Qt, tau),
         counts=counts,
         n_transitions=n,
         n_episodes=n_episodes,
@@ -270,9 +272,7 @@ def fitted_soft_q_iteration(
         r_flat[seen] += np.bincount(sa, weights=batch.reward, minlength=S * A)[seen] / cnt[seen]
     Q = Q.copy()
     for _ in range(check_positive_int(n_sweeps, "n_sweeps")):
-        z = Q / tau
-        m = z.max(axis=1)
-        V = tau * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+        V = _soft_values(Q, tau)
         v2 = np.where(term, V_term[batch.s_next], V[batch.s_next])
         mean_v = np.bincount(sa, weights=v2, minlength=S * A)[seen] / cnt[seen]
         flat = Q.reshape(-1)
