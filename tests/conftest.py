@@ -18,7 +18,7 @@ CHAPTER_TESTS = {
     "04": ("test_model_based",),
     "05": ("test_model_free",),
     "06": ("test_preference",),
-    "07": ("test_ihvp",),
+    "07": ("test_ihvp", "test_linear_solve"),
     "08": ("test_actor_critic",),
     "09": ("test_experiments",),
 }
