@@ -1,13 +1,14 @@
-"""Benchmark of the iHVP solvers of birl_lite.ihvp (chapter 7; math.md section 6).
+"""Benchmark of the iHVP solvers of birl_lite.ihvp (chapter 7, section 7.5).
 
 1. Equal HVP budgets (5, 10, 20) on the Hessian of a small value network's squared loss (the tanh
-   critic of chapter 7, 369 parameters, float64, damping rho = 1 so that H + rho I is positive
-   definite): relative error of u = (H + rho I)^{-1} v against the dense solve, and time per call,
+   critic of chapter 7, 369 parameters, float64, damping lambda = 1 so that H + lambda I is
+   positive definite): relative error of u = (H + lambda I)^{-1} v against the dense solve, and
+   time per call,
    measured side by side in this run (ratios to CG at the same budget).
 2. Robustness: random symmetric indefinite matrices with three coordinates the "loss" ignores
-   (zero rows and columns, so sampled Nystrom blocks are often singular), rho = 1e-3, budget 20:
+   (zero rows and columns, so sampled Nystrom blocks are often singular), lambda = 1e-3, budget 20:
    count of non-finite results over 1000 trials for each solver (target: zero for Nystrom), and of
-   finite results violating ||u|| <= ||v|| / rho.
+   finite results violating ||u|| <= ||v|| / lambda.
 
 Run:  python benchmarks/ihvp.py [--quick]     (--quick: fewer timing repeats and Nystrom draws)
 """
@@ -52,27 +53,29 @@ def budget_table(repeats: int, n_draws: int) -> dict:
     hvp = critic.hvp()
     H = dense_hessian(hvp)
     eig = torch.linalg.eigvalsh(H)
-    rho = 1.0
+    damping = 1.0
     v = torch.randn(hvp.dim, generator=torch.Generator().manual_seed(3), dtype=D)
-    u_true = ihvp_exact(H.__matmul__, v, rho=rho).u
-    alpha = 1.0 / (float(eig[-1]) + rho)
+    u_true = ihvp_exact(H.__matmul__, v, damping=damping).u
+    alpha = 1.0 / (float(eig[-1]) + damping)
     print(
-        f"value network: d = {hvp.dim}, lambda in [{float(eig[0]):.3f}, {float(eig[-1]):.3f}], "
-        f"rho = {rho:g}, Neumann alpha = 1/(lambda_max + rho)"
+        f"value network: d = {hvp.dim}, eigenvalues in [{float(eig[0]):.3f}, {float(eig[-1]):.3f}], "
+        f"damping = {damping:g}, Neumann alpha = 1/(mu_max + damping)"
     )
-    _, t_exact = timed(lambda: ihvp_exact(hvp, v, rho=rho), max(1, repeats // 3))
+    _, t_exact = timed(lambda: ihvp_exact(hvp, v, damping=damping), max(1, repeats // 3))
     rows = {}
     for m in (5, 10, 20):
-        res_cg, t_cg = timed(lambda m=m: ihvp_cg(hvp, v, max_iter=m, rho=rho, tol=0.0), repeats)
+        res_cg, t_cg = timed(
+            lambda m=m: ihvp_cg(hvp, v, max_iter=m, damping=damping, tol=0.0), repeats
+        )
         res_ne, t_ne = timed(
-            lambda m=m: ihvp_neumann(hvp, v, n_terms=m, alpha=alpha, rho=rho), repeats
+            lambda m=m: ihvp_neumann(hvp, v, n_terms=m, alpha=alpha, damping=damping), repeats
         )
         ny_errs, ny_times = [], []
         for s in range(n_draws):
             gen_seed = 1000 * m + s
             res_ny, t_ny = timed(
                 lambda m=m, g=gen_seed: ihvp_nystrom(
-                    hvp, v, rank=m, rho=rho, generator=torch.Generator().manual_seed(g)
+                    hvp, v, rank=m, damping=damping, generator=torch.Generator().manual_seed(g)
                 ),
                 1,
             )
@@ -95,14 +98,14 @@ def budget_table(repeats: int, n_draws: int) -> dict:
                 f"{err / row['CG'][0]:>10.2g}"
             )
     print(
-        f"(exact dense reference: {hvp.dim} HVPs + eigh, {1e3 * t_exact:.1f} ms/call, "
+        f"(exact dense reference: {hvp.dim} HVPs + LU, {1e3 * t_exact:.1f} ms/call, "
         f"{t_exact / rows[20]['CG'][1]:.0f}x CG with 20 HVPs; Nystrom error: median of "
         f"{n_draws} column draws)"
     )
     return rows
 
 
-def indefinite_trials(n_trials: int, budget: int = 20, rho: float = 1e-3) -> dict:
+def indefinite_trials(n_trials: int, budget: int = 20, damping: float = 1e-3) -> dict:
     names = ["CG", "Neumann", "Nystrom (plain solve)", "Nystrom (eigh safeguard)"]
     non_finite = dict.fromkeys(names, 0)
     above = dict.fromkeys(names, 0)
@@ -117,32 +120,32 @@ def indefinite_trials(n_trials: int, budget: int = 20, rho: float = 1e-3) -> dic
         op = H.__matmul__
         alpha = 1.0 / float(torch.linalg.matrix_norm(H, 2))
         outs = {
-            "CG": ihvp_cg(op, v, max_iter=budget, rho=rho).u,
-            "Neumann": ihvp_neumann(op, v, n_terms=budget, alpha=alpha, rho=rho).u,
+            "CG": ihvp_cg(op, v, max_iter=budget, damping=damping).u,
+            "Neumann": ihvp_neumann(op, v, n_terms=budget, alpha=alpha, damping=damping).u,
             "Nystrom (plain solve)": ihvp_nystrom(
                 op,
                 v,
                 rank=budget,
-                rho=rho,
+                damping=damping,
                 safeguard="none",
                 generator=torch.Generator().manual_seed(t),
             ).u,
             "Nystrom (eigh safeguard)": ihvp_nystrom(
-                op, v, rank=budget, rho=rho, generator=torch.Generator().manual_seed(t)
+                op, v, rank=budget, damping=damping, generator=torch.Generator().manual_seed(t)
             ).u,
         }
-        bound = float(v.norm()) / rho
+        bound = float(v.norm()) / damping
         for name, u in outs.items():
             finite = bool(torch.isfinite(u).all())
             non_finite[name] += not finite
             above[name] += finite and float(u.norm()) > bound * (1 + 1e-12)
     print(
         f"\n{n_trials} random indefinite trials (d in 20..60, 3 ignored coordinates, "
-        f"rho = {rho:g}, {budget} HVPs each)"
+        f"damping = {damping:g}, {budget} HVPs each)"
     )
-    print(f"{'solver':<26}{'non-finite':>11}{'finite, ||u|| > ||v||/rho':>28}")
+    print(f"{'solver':<26}{'non-finite':>11}{'finite, ||u|| > ||v||/damping':>32}")
     for name in names:
-        print(f"{name:<26}{non_finite[name]:>11d}{above[name]:>28d}")
+        print(f"{name:<26}{non_finite[name]:>11d}{above[name]:>32d}")
     return {"non_finite": non_finite, "above": above}
 
 

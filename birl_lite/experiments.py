@@ -312,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500_000, help="env steps per run")
     parser.add_argument("--out", default="results/blpo", help="output folder")
     parser.add_argument("--rank", type=int, default=None, help="Nystrom rank (default 5)")
-    parser.add_argument("--rho", type=float, default=None, help="Nystrom damping (default 50)")
+    parser.add_argument(
+        "--damping", type=float, default=None, help="Nystrom damping lambda (default 50)"
+    )
     parser.add_argument(
         "--set",
         nargs="*",
@@ -332,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rank < 1:
             parser.error(f"--rank must be an integer >= 1, got {args.rank}")
         overrides["nystrom_rank"] = args.rank
-    if args.rho is not None:
-        overrides["nystrom_rho"] = args.rho
+    if args.damping is not None:
+        overrides["nystrom_damping"] = args.damping
     known = {f.name for f in fields(ACConfig)}
     bad = sorted(set(overrides) - known)
     if bad:

@@ -1,20 +1,23 @@
 """Inverse-Hessian-vector products (iHVPs) and implicit differentiation (AID).
 
-Math: ``../shared/design/math.md`` section 6 (chapter 7 of the book). For a bilevel problem
+Chapter 7 of the book. For a bilevel problem (chapter 7, equation (eq-aid-bilevel))
 
     min_theta F(theta) = f(theta, w*(theta)),     w*(theta) = argmin_w g(theta, w)   (g strongly convex in w)
 
-the implicit function theorem gives the hypergradient
+the implicit function theorem gives the hypergradient (chapter 7, equation (eq-aid))
 
     grad F = grad_theta f - grad^2_{theta w} g  [grad^2_{ww} g]^{-1}  grad_w f.          (AID)
 
-The expensive, fragile part is the iHVP ``u = (H + rho I)^{-1} v`` with ``H = grad^2_{ww} g``. This
-module computes it from Hessian-vector products only (double backward through autograd, or
-``torch.func`` forward-over-reverse), never from a dense Hessian except in the reference
-:func:`ihvp_exact`:
+The expensive, fragile part is the iHVP ``u = (H + lambda I)^{-1} v`` with ``H = grad^2_{ww} g``
+and a damping ``lambda >= 0`` (the argument ``damping``). This module computes it from
+Hessian-vector products only (double backward through autograd, or ``torch.func``
+forward-over-reverse, chapter 7, equation (eq-aid-hvp)), never from a dense Hessian except in the
+reference :func:`ihvp_exact`. The four solvers are thin wrappers of
+:func:`birl_lite.linear_solve.solve` (which holds the algorithms) that add the HVP count and the
+dict-of-tensors layout:
 
 * :func:`ihvp_cg`: conjugate gradient, one HVP per iteration.
-* :func:`ihvp_neumann`: ``u ~ alpha sum_{j=0}^{m} (I - alpha (H + rho I))^j v``, ``m`` HVPs.
+* :func:`ihvp_neumann`: ``u ~ alpha sum_{j=0}^{m} (I - alpha (H + lambda I))^j v``, ``m`` HVPs.
 * :func:`ihvp_nystrom`: rank-``k`` Nystrom approximation ``H ~ C M^+ C^T`` from ``k`` columns
   ``C = H[:, K]`` (``k`` HVPs with unit vectors) and ``M = H[K, K]``, inverted with the Woodbury
   identity (Hataya and Yamada, 2023). No iteration, hence no divergence; the ``k x k`` core is
@@ -40,7 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import DTYPE, as_tensor, check_positive_int, check_real
+from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real
+from .linear_solve import _nystrom_columns, _Op, nystrom_woodbury, solve
 
 __all__ = [
     "HVP",
@@ -240,7 +244,7 @@ class HVP:
 def make_hvp(
     loss_fn: Callable[[Tree], torch.Tensor], params: Tree, *, backend: str = "autograd"
 ) -> HVP:
-    """The Hessian-vector product of ``loss_fn`` at ``params`` (math.md section 6).
+    """The Hessian-vector product of ``loss_fn`` at ``params`` (chapter 7, equation (eq-aid-hvp)).
 
     Args:
         loss_fn: ``loss_fn(params) -> scalar tensor``; it receives a tree with the structure of
@@ -276,7 +280,9 @@ def make_hvp(
 
 
 class _Operator:
-    """A solver's view of an HVP: flat in, flat out, validated, counted."""
+    """A solver's view of an HVP: flat in, flat out, counted. It offers ``matmat`` and
+    ``columns`` exactly when the HVP does, so that :func:`~birl_lite.linear_solve.solve` uses a
+    structured shortcut only where one exists; ``solve`` checks every result."""
 
     def __init__(self, hvp, v: Tree, name: str = "v") -> None:
         if not callable(hvp):
@@ -309,40 +315,27 @@ class _Operator:
                 self.layout = _Layout(t, name)
                 self.flat_v = t.detach()
                 self.as_dict = False
+        check_finite(self.flat_v, name)
         self.dim = self.flat_v.numel()
         self.dtype = self.flat_v.dtype
-
-    def _checked(self, out: Any, shape: tuple[int, ...], call: str, n: int) -> torch.Tensor:
-        """Count ``n`` HVPs and return ``out`` detached in the operator's dtype, after checking
-        that the user's ``call`` returned a tensor of ``shape``."""
-        self.n_hvp += n
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"{call} must return a tensor, got {type(out).__name__}")
-        if out.shape != shape:
-            raise ValueError(f"{call} returned shape {tuple(out.shape)}, expected {shape}")
-        return out.detach().to(self.dtype)
+        if getattr(hvp, "matmat", None) is not None:
+            self.matmat = self._matmat
+        if getattr(hvp, "columns", None) is not None:
+            self.columns = self._columns
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._checked(self.hvp(x), tuple(x.shape), "hvp(v)", 1)
+        self.n_hvp += 1
+        return self.hvp(x)
 
-    def matmat(self, X: torch.Tensor) -> torch.Tensor:
-        """``H X`` for ``X [dim, B]``: one batched call when the HVP offers ``matmat`` (as
-        :class:`~birl_lite.actor_critic.derivatives.MSEHessian` does), else ``B`` HVPs."""
-        batched = getattr(self.hvp, "matmat", None)
-        if batched is None:
-            return torch.stack([self(x) for x in X.T], dim=1)
-        return self._checked(batched(X), tuple(X.shape), "hvp.matmat(X)", X.shape[1])
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        """``H X`` for ``X [dim, B]`` in one call of the HVP's own ``matmat`` (``B`` HVPs)."""
+        self.n_hvp += X.shape[1]
+        return self.hvp.matmat(X)
 
-    def columns(self, K: torch.Tensor) -> torch.Tensor:
-        """``H[:, K]`` ``[dim, k]``: the HVP's own ``columns(K)`` if it has one (a structured
-        shortcut, as :class:`~birl_lite.actor_critic.derivatives.MSEHessian` has), else
-        :meth:`matmat` on the unit vectors ``e_j, j in K``."""
-        structured = getattr(self.hvp, "columns", None)
-        if structured is None:
-            E = torch.zeros(self.dim, len(K), dtype=self.dtype)
-            E[K, torch.arange(len(K))] = 1.0
-            return self.matmat(E)
-        return self._checked(structured(K), (self.dim, len(K)), "hvp.columns(K)", len(K))
+    def _columns(self, K: torch.Tensor) -> torch.Tensor:
+        """``H[:, K]`` from the HVP's own ``columns(K)`` (``k`` HVPs)."""
+        self.n_hvp += len(K)
+        return self.hvp.columns(K)
 
     def output(self, flat_u: torch.Tensor) -> Tree:
         if not self.as_dict:
@@ -350,20 +343,12 @@ class _Operator:
         return {k: t.clone() for k, t in self.layout.unflatten(flat_u).items()}
 
 
-def _check_rho(rho, *, positive: bool = False) -> float:
-    r = check_real(rho, "rho")
-    if not math.isfinite(r) or r < 0.0 or (positive and r == 0.0):
-        need = "> 0" if positive else ">= 0"
-        raise ValueError(f"rho must be a finite number {need}, got {r}")
-    return r
-
-
 @dataclass
 class IHVPResult:
     """The output of an inverse-Hessian-vector product solver.
 
     Attributes:
-        u: the approximate solution of ``(H + rho I) u = v``, with the structure of ``v``
+        u: the approximate solution of ``(H + damping I) u = v``, with the structure of ``v``
             (flat tensor in, flat tensor out; dict in, dict out).
         n_hvp: number of Hessian-vector products the solver used.
         info: solver diagnostics (documented by each solver).
@@ -391,7 +376,7 @@ def dense_hessian(hvp, dim: int | None = None) -> torch.Tensor:
     For small problems and references only. ``dim`` is needed when ``hvp`` is a plain callable.
     """
     op = _operator(hvp, dim)
-    H = op.matmat(torch.eye(op.dim, dtype=op.dtype))
+    H = _Op(op, op.dim, op.dtype).dense()
     return 0.5 * (H + H.T)
 
 
@@ -403,209 +388,126 @@ def hessian_columns(hvp, K: torch.Tensor, dim: int | None = None) -> torch.Tenso
     ``hvp`` is a plain callable.
     """
     op = _operator(hvp, dim)
-    return op.columns(torch.as_tensor(K, dtype=torch.long).reshape(-1))
+    K = torch.as_tensor(K, dtype=torch.long).reshape(-1)
+    return _Op(op, op.dim, op.dtype).columns(K)
 
 
-def ihvp_exact(hvp, v: Tree, rho: float = 0.0) -> IHVPResult:
-    """Reference iHVP: build ``H`` densely from ``dim`` HVPs and solve ``(H + rho I) u = v``.
+def ihvp_exact(hvp, v: Tree, damping: float = 0.0, *, warn: bool = False) -> IHVPResult:
+    """Reference iHVP: build ``H`` densely from ``dim`` HVPs and solve ``(H + damping I) u = v``.
 
-    Small problems only (cost ``dim`` HVPs plus an ``O(dim^3)`` eigendecomposition).
+    :func:`~birl_lite.linear_solve.solve` with ``method="direct"`` (an LU solve). Small
+    problems only (cost ``dim`` HVPs plus an ``O(dim^3)`` factorization).
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side, a flat tensor ``[dim]`` or a dict with the parameters' layout.
-        rho: damping ``>= 0``.
+        damping: ``lambda >= 0``.
+        warn: issue a :class:`~birl_lite.linear_solve.ConvergenceWarning` when the relative
+            residual of the solution exceeds ``1e-10`` (an ill-conditioned system).
 
     Returns:
-        :class:`IHVPResult` with ``n_hvp = dim`` and ``info`` holding ``eigenvalues`` (of
-        ``H + rho I``, ascending) and ``condition`` (``max |lambda| / min |lambda|``).
+        :class:`IHVPResult` with ``n_hvp = dim``; ``info["residual"]`` is the relative residual
+        ``||v - (H + damping I) u|| / ||v||``.
 
     Raises:
-        ValueError: if ``H + rho I`` is singular to working precision.
+        ValueError: if ``H + damping I`` is singular to working precision, or ``v`` is not finite.
+        FloatingPointError: if the HVP returns NaN or inf.
     """
-    rho = _check_rho(rho)
     op = _Operator(hvp, v)
-    eye = torch.eye(op.dim, dtype=op.dtype)
-    H = op.matmat(eye)
-    A = 0.5 * (H + H.T) + rho * eye
-    lam, U = torch.linalg.eigh(A)
-    scale = float(lam.abs().max())
-    tiny = op.dim * torch.finfo(op.dtype).eps * scale
-    if scale == 0.0 or float(lam.abs().min()) <= tiny:
-        raise ValueError(
-            "H + rho I is singular to working precision; ihvp_exact needs a nonsingular system "
-            "(increase rho)"
-        )
-    u = U @ ((U.T @ op.flat_v) / lam)
-    info = {"eigenvalues": lam, "condition": scale / float(lam.abs().min())}
-    return IHVPResult(op.output(u), op.n_hvp, info)
+    res = solve(op, op.flat_v, method="direct", damping=damping, warn=warn)
+    return IHVPResult(op.output(res.x), op.n_hvp, {"residual": res.residual})
 
 
-def ihvp_cg(hvp, v: Tree, *, max_iter: int, tol: float = 1e-10, rho: float = 0.0) -> IHVPResult:
-    """Conjugate gradient on ``(H + rho I) u = v`` from ``u_0 = 0`` (math.md section 6).
+def ihvp_cg(
+    hvp,
+    v: Tree,
+    *,
+    max_iter: int,
+    tol: float = 1e-10,
+    damping: float = 0.0,
+    warn: bool = False,
+) -> IHVPResult:
+    """Conjugate gradient on ``(H + damping I) u = v`` from ``u_0 = 0`` (chapter 7, section 7.4).
 
-    One HVP per iteration; stops when ``||r|| <= tol ||v||`` or after ``max_iter`` iterations.
-    Converges for symmetric positive definite ``H + rho I``; on an indefinite matrix the
-    curvature ``p^T (H + rho I) p`` can be negative or near zero and the iterates can blow up
-    (reported in ``info``, not prevented). An exactly zero or non-finite curvature stops the
-    iteration (no division by zero).
+    :func:`~birl_lite.linear_solve.solve` with ``method="cg"``: one HVP per iteration; stops when
+    ``||r|| <= tol ||v||`` or after ``max_iter`` iterations. Converges for symmetric positive
+    definite ``H + damping I``. On an indefinite matrix the curvature ``p^T (H + damping I) p``
+    can be negative (reported as ``negative_curvature``; CG goes on without its guarantee and
+    its iterates can grow) or exactly zero (``breakdown``: the step is undefined, CG stops and
+    returns the last iterate).
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side (flat tensor or dict).
         max_iter: maximum number of iterations (= HVPs), ``>= 1``.
         tol: relative residual tolerance ``>= 0``.
-        rho: damping ``>= 0``.
+        damping: ``lambda >= 0``.
+        warn: issue a :class:`~birl_lite.linear_solve.ConvergenceWarning` when CG stops above
+            ``tol`` (off by default: a truncated CG with a fixed budget is the usual use).
 
     Returns:
         :class:`IHVPResult`; ``info`` has ``residual_norms`` (``||r_j||`` for ``j = 0..n``),
-        ``converged``, ``negative_curvature`` (some ``p^T A p <= 0`` was met) and ``breakdown``.
+        ``converged``, ``negative_curvature`` and ``breakdown``.
+
+    Raises:
+        ValueError: if ``v`` is not finite. FloatingPointError: if the HVP returns NaN or inf.
     """
-    max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_real(tol, "tol")
-    if not tol >= 0.0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
-    rho = _check_rho(rho)
     op = _Operator(hvp, v)
-    b = op.flat_v
-    u = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rr = float(r @ r)
-    b_norm = math.sqrt(rr)
-    residuals = [b_norm]
-    info = {"converged": b_norm == 0.0, "negative_curvature": False, "breakdown": False}
-    if b_norm == 0.0:
-        info["residual_norms"] = torch.tensor(residuals, dtype=torch.float64)
-        return IHVPResult(op.output(u), 0, info)
-    for _ in range(max_iter):
-        Ap = op(p) + rho * p
-        pAp = float(p @ Ap)
-        if pAp <= 0.0:
-            info["negative_curvature"] = True
-        if pAp == 0.0 or not math.isfinite(pAp):
-            info["breakdown"] = True
-            break
-        step = rr / pAp
-        u = u + step * p
-        r = r - step * Ap
-        rr_new = float(r @ r)
-        residuals.append(math.sqrt(rr_new))
-        if math.sqrt(rr_new) <= tol * b_norm:
-            info["converged"] = True
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    info["residual_norms"] = torch.tensor(residuals, dtype=torch.float64)
-    return IHVPResult(op.output(u), op.n_hvp, info)
+    res = solve(op, op.flat_v, method="cg", damping=damping, tol=tol, max_iter=max_iter, warn=warn)
+    info = {key: res.info[key] for key in ("residual_norms", "negative_curvature", "breakdown")}
+    info["converged"] = res.converged
+    return IHVPResult(op.output(res.x), op.n_hvp, info)
 
 
-def ihvp_neumann(hvp, v: Tree, *, n_terms: int, alpha: float, rho: float = 0.0) -> IHVPResult:
-    """Truncated Neumann series ``u = alpha sum_{j=0}^{m} (I - alpha (H + rho I))^j v``.
+def ihvp_neumann(
+    hvp, v: Tree, *, n_terms: int, alpha: float, damping: float = 0.0, warn: bool = False
+) -> IHVPResult:
+    """Truncated Neumann series ``u = alpha sum_{j=0}^{m} (I - alpha (H + damping I))^j v``.
 
-    ``m = n_terms`` HVPs (the ``j = 0`` term is free). The series converges to
-    ``(H + rho I)^{-1} v`` iff every eigenvalue of ``H + rho I`` lies in ``(0, 2 / alpha)``; its
-    error in eigendirection ``i`` is ``(1 - alpha lambda_i)^{m+1}`` times that of ``u = 0``, so it
-    is slow on small eigenvalues and diverges geometrically on negative ones or when
-    ``alpha >= 2 / lambda_max`` (math.md section 6; Lorraine et al., 2020).
+    Chapter 7, equation (eq-aid-neumann). ``m = n_terms`` HVPs: the series is the Richardson
+    iteration ``u <- u + alpha (v - (H + damping I) u)`` from ``u = 0`` for ``m + 1`` steps,
+    whose residual after ``j`` steps is the ``j``-th term ``(I - alpha (H + damping I))^j v``.
+    :func:`~birl_lite.linear_solve.solve` (``method="neumann"``, ``tol=0``) runs ``m`` steps
+    and measures the residual of its result (``m`` HVPs in all); the last step adds ``alpha``
+    times that residual. The series converges to ``(H + damping I)^{-1} v`` iff every eigenvalue
+    of ``H + damping I`` lies in ``(0, 2 / alpha)``; its error in eigendirection ``i`` is
+    ``(1 - alpha mu_i)^{m+1}`` times that of ``u = 0``, so it is slow on small eigenvalues and
+    diverges geometrically on negative ones or when ``alpha >= 2 / mu_max`` (Lorraine et al.,
+    2020).
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side (flat tensor or dict).
         n_terms: number of HVPs ``m >= 1``.
-        alpha: scale ``> 0`` (a step size; needs ``alpha < 2 / lambda_max``).
-        rho: damping ``>= 0``.
+        alpha: scale ``> 0`` (a step size; needs ``alpha < 2 / mu_max``).
+        damping: ``lambda >= 0``.
+        warn: passed to :func:`~birl_lite.linear_solve.solve` (with ``tol = 0`` it warns on
+            every call unless the residual vanishes; off by default).
 
     Returns:
         :class:`IHVPResult`; ``info`` has ``term_norms`` (``||(I - alpha A)^j v||`` for
         ``j = 0..m``) and ``growing`` (whether the last term is larger than the first).
+
+    Raises:
+        ValueError: if ``v`` is not finite. FloatingPointError: if the HVP returns NaN or inf,
+        or the iterate overflows.
     """
     n_terms = check_positive_int(n_terms, "n_terms")
-    alpha = check_real(alpha, "alpha")
-    if not (alpha > 0.0) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha}")
-    rho = _check_rho(rho)
     op = _Operator(hvp, v)
-    term = op.flat_v.clone()
-    total = term.clone()
-    norms = [float(term.norm())]
-    for _ in range(n_terms):
-        term = term - alpha * (op(term) + rho * term)
-        total = total + term
-        norms.append(float(term.norm()))
-    u = alpha * total
-    info = {
-        "term_norms": torch.tensor(norms, dtype=torch.float64),
-        "growing": bool(norms[-1] > norms[0]),
-    }
+    res = solve(
+        op,
+        op.flat_v,
+        method="neumann",
+        damping=damping,
+        alpha=alpha,
+        tol=0.0,
+        max_iter=n_terms,
+        warn=warn,
+    )
+    u = res.x + alpha * res.info["residual_vector"]  # step m + 1: the term j = m of the series
+    norms = res.info["residual_norms"]
+    info = {"term_norms": norms, "growing": bool(norms[-1] > norms[0])}
     return IHVPResult(op.output(u), op.n_hvp, info)
-
-
-def nystrom_woodbury(
-    C: torch.Tensor, M: torch.Tensor, v: torch.Tensor, rho: float, *, safeguard: str = "eigh"
-) -> tuple[torch.Tensor, dict]:
-    """``(C M^+ C^T + rho I)^{-1} v`` by the Woodbury identity, with a ``k x k`` core.
-
-    For symmetric positive definite ``M`` this is (math.md section 6)
-
-        (C M^{-1} C^T + rho I)^{-1} v = v / rho - (1 / rho^2) C (M + C^T C / rho)^{-1} C^T v.
-
-    ``safeguard="eigh"`` (default, never NaN for finite inputs): eigendecompose
-    ``M = U diag(lambda) U^T``, keep the eigenvalues ``lambda_i > k eps max|lambda|`` (the rest,
-    including every negative one, are clipped: ``M^+`` is the pseudo-inverse of the positive
-    part), write ``C M_+^+ C^T = Z Z^T`` with ``Z = C U_+ diag(lambda_+)^{-1/2}``, take a thin
-    SVD ``Z = Q diag(sigma) R^T`` and return
-
-        u = (1 / rho) (v - Q diag(sigma^2 / (sigma^2 + rho)) Q^T v)
-          = Q diag(1 / (sigma^2 + rho)) Q^T v + (I - Q Q^T) v / rho     (computed this way),
-
-    which equals the formula above when ``M`` is positive definite, and whose weights lie in
-    ``(0, 1 / rho]`` whatever ``M`` (so ``||u|| <= ||v|| / rho``). ``safeguard="none"``: the formula above with a plain LU solve
-    (as in Hataya and Yamada's reference code); it can return inf or NaN when the core
-    ``M + C^T C / rho`` is singular. It is offered for comparison only.
-
-    Args:
-        C: ``[n, k]`` columns ``H[:, K]``.
-        M: ``[k, k]`` block ``H[K, K]`` (symmetrized here).
-        v: ``[n]`` right-hand side.
-        rho: damping ``> 0``.
-        safeguard: ``"eigh"`` or ``"none"``.
-
-    Returns:
-        ``(u [n], info)`` with ``info["eigenvalues_M"]`` (ascending) and ``info["rank_kept"]``.
-    """
-    rho = _check_rho(rho, positive=True)
-    if safeguard not in ("eigh", "none"):
-        raise ValueError(f"safeguard must be 'eigh' or 'none', got {safeguard!r}")
-    if C.ndim != 2 or M.ndim != 2 or M.shape[0] != M.shape[1] or C.shape[1] != M.shape[0]:
-        raise ValueError(
-            f"C must be [n, k] and M [k, k]; got C {tuple(C.shape)} and M {tuple(M.shape)}"
-        )
-    if v.shape != (C.shape[0],):
-        raise ValueError(f"v must have shape ({C.shape[0]},), got {tuple(v.shape)}")
-    k = M.shape[0]
-    Ms = 0.5 * (M + M.T)
-    if safeguard == "none":
-        core = Ms + (C.T @ C) / rho
-        sol, _ = torch.linalg.solve_ex(core, C.T @ v)
-        u = v / rho - (C @ sol) / rho**2
-        return u, {"eigenvalues_M": torch.linalg.eigvalsh(Ms), "rank_kept": k}
-    lam, U = torch.linalg.eigh(Ms)
-    scale = float(lam.abs().max()) if k > 0 else 0.0
-    keep = lam > k * torch.finfo(lam.dtype).eps * scale
-    if scale == 0.0 or not bool(keep.any()):
-        return v / rho, {"eigenvalues_M": lam, "rank_kept": 0}
-    # Z = C U_+ diag(lambda_+)^{-1/2}, formed as Z^T (a k x k by k x n product is much faster
-    # than n x k by k x k, and the column-major Z is what the SVD wants)
-    Zt = (U[:, keep].T @ C.T) / torch.sqrt(lam[keep]).unsqueeze(1)
-    Q, sigma, _ = torch.linalg.svd(Zt.T, full_matrices=False)
-    # u = Q diag(1 / (sigma^2 + rho)) Q^T v + (I - Q Q^T) v / rho: the same as the formula in the
-    # docstring, without its cancellation when rho is tiny; every factor is in (0, 1 / rho]
-    coef = Q.T @ v
-    u = Q @ (coef / (sigma.square() + rho))
-    if Q.shape[1] < Q.shape[0]:
-        u = u + (v - Q @ coef) / rho
-    return u, {"eigenvalues_M": lam, "rank_kept": int(keep.sum())}
 
 
 def ihvp_nystrom(
@@ -613,18 +515,21 @@ def ihvp_nystrom(
     v: Tree,
     *,
     rank: int,
-    rho: float,
+    damping: float,
     generator: torch.Generator | None = None,
     indices: torch.Tensor | None = None,
     safeguard: str = "eigh",
+    warn: bool = False,
 ) -> IHVPResult:
-    """Nystrom iHVP: ``u = (H_k + rho I)^{-1} v`` with ``H_k = C M^+ C^T`` (math.md section 6).
+    """Nystrom iHVP: ``u = (H_k + damping I)^{-1} v`` with ``H_k = C M^+ C^T`` (chapter 7,
+    equation (eq-aid-woodbury)).
 
-    Draws ``k = rank`` distinct coordinates ``K`` uniformly (``torch.randperm`` with
-    ``generator``), computes ``C = H[:, K]`` with ``k`` HVPs on unit vectors, ``M = C[K, :]``,
-    and applies :func:`nystrom_woodbury`. No iteration, so nothing can diverge; with the default
-    safeguard the result is finite even when ``M`` is indefinite or singular. When ``k = dim``,
-    ``H_k = H`` and the result is the exact ``(H + rho I)^{-1} v``.
+    :func:`~birl_lite.linear_solve.solve` with ``method="nystrom"``: draws ``k = rank`` distinct
+    coordinates ``K`` uniformly (``torch.randperm`` with ``generator``), computes ``C = H[:, K]``
+    with ``k`` HVPs on unit vectors, ``M = C[K, :]``, and applies :func:`~birl_lite.linear_solve.nystrom_woodbury`. No
+    iteration, so nothing can diverge; with the default safeguard the result is finite even when
+    ``M`` is indefinite or singular. When ``k = dim``, ``H_k = H`` and the result is the exact
+    ``(H + damping I)^{-1} v``.
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors. If it also has
@@ -632,34 +537,43 @@ def ihvp_nystrom(
             come from one such call instead of k HVPs.
         v: right-hand side (flat tensor or dict).
         rank: number of columns ``1 <= k <= dim``.
-        rho: damping ``> 0`` (the Woodbury identity divides by it).
+        damping: ``lambda > 0`` (the Woodbury identity divides by it).
         generator: ``torch.Generator`` for the column indices (same seed, same indices).
         indices: optional explicit distinct indices ``K`` (``rank`` of them), instead of drawing.
-        safeguard: ``"eigh"`` (default) or ``"none"``, see :func:`nystrom_woodbury`.
+        safeguard: ``"eigh"`` (default) or ``"none"``, see :func:`~birl_lite.linear_solve.nystrom_woodbury`
+            (``"none"`` is the unguarded formula, for comparison only).
+        warn: passed to :func:`~birl_lite.linear_solve.solve`, which does not measure the
+            residual of a Nystrom solve with an HVP (that would cost one more HVP) and so reports
+            it as not converged; off by default.
 
     Returns:
         :class:`IHVPResult` with ``n_hvp = k``; ``info`` has ``indices``, ``eigenvalues_M`` and
         ``rank_kept``.
+
+    Raises:
+        ValueError: if ``v`` is not finite, or for a bad ``rank``, ``damping`` or ``indices``.
+        FloatingPointError: if the HVP returns NaN or inf.
     """
-    rank = check_positive_int(rank, "rank")
-    rho = _check_rho(rho, positive=True)
+    if safeguard not in ("eigh", "none"):
+        raise ValueError(f"safeguard must be 'eigh' or 'none', got {safeguard!r}")
     op = _Operator(hvp, v)
-    if rank > op.dim:
-        raise ValueError(f"rank must be <= the dimension {op.dim}, got {rank}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if indices is None:
-        K = torch.randperm(op.dim, generator=generator)[:rank]
-    else:
-        K = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        if K.numel() != rank or len(set(K.tolist())) != rank:
-            raise ValueError(f"indices must hold {rank} distinct entries, got {K.tolist()}")
-        if bool((K < 0).any()) or bool((K >= op.dim).any()):
-            raise ValueError(f"indices must lie in [0, {op.dim}), got {K.tolist()}")
-    C = op.columns(K)  # the k columns H[:, K]
-    M = C[K, :]
-    u, info = nystrom_woodbury(C, M, op.flat_v, rho, safeguard=safeguard)
-    info["indices"] = K
+    if safeguard == "eigh":
+        res = solve(
+            op,
+            op.flat_v,
+            method="nystrom",
+            rank=rank,
+            damping=damping,
+            indices=indices,
+            generator=generator,
+            warn=warn,
+        )
+        u = res.x
+        info = {key: res.info[key] for key in ("indices", "eigenvalues_M", "rank_kept")}
+    else:  # the unguarded formula: same columns, plain LU core (not offered by solve)
+        K, C = _nystrom_columns(_Op(op, op.dim, op.dtype), rank, indices, generator)
+        u, info = nystrom_woodbury(C, C[K, :], op.flat_v, damping, safeguard="none")
+        info["indices"] = K
     return IHVPResult(op.output(u), op.n_hvp, info)
 
 
@@ -702,7 +616,7 @@ def implicit_hypergradient(
     solver: str | Callable[..., IHVPResult] = "cg",
     **solver_kwargs,
 ) -> ImplicitHypergradientResult:
-    """Implicit-differentiation hypergradient (AID, math.md section 6).
+    """Implicit-differentiation hypergradient (AID, chapter 7, equation (eq-aid)).
 
         grad F(theta) = grad_theta f - grad^2_{theta w} g  [grad^2_{ww} g]^{-1}  grad_w f,
 
@@ -719,7 +633,7 @@ def implicit_hypergradient(
         solver: ``"exact"``, ``"cg"``, ``"neumann"``, ``"nystrom"``, or a callable
             ``solver(hvp, v, **solver_kwargs) -> IHVPResult``.
         **solver_kwargs: passed to the solver (``max_iter``, ``n_terms``, ``alpha``, ``rank``,
-            ``rho``, ``generator``...).
+            ``damping``, ``generator``...).
 
     Returns:
         :class:`ImplicitHypergradientResult` (``.grad`` has the structure of ``theta``).
@@ -731,9 +645,9 @@ def implicit_hypergradient(
             raise ValueError(
                 f"solver must be one of {sorted(_SOLVERS)} or a callable, got {solver!r}"
             )
-        solve = _SOLVERS[solver]
+        ihvp = _SOLVERS[solver]
     elif callable(solver):
-        solve = solver
+        ihvp = solver
     else:
         raise TypeError(f"solver must be a name or a callable, got {type(solver).__name__}")
     th_layout = _Layout(theta, "theta")
@@ -752,7 +666,7 @@ def implicit_hypergradient(
     g = _scalar_loss(inner_loss(th_layout.unflatten(th), w_layout.unflatten(ww)), "inner_loss")
     grad_w_g = _grad_or_zero(g, ww, create_graph=True)
     hvp = HVP(w_layout, ww, grad_w_g, g)
-    res = solve(hvp, grad_w_f, **solver_kwargs)
+    res = ihvp(hvp, grad_w_f, **solver_kwargs)
     if not isinstance(res, IHVPResult):
         raise TypeError(f"solver must return an IHVPResult, got {type(res).__name__}")
     u = res.u if isinstance(res.u, torch.Tensor) else w_layout.flatten(res.u, "u")
@@ -877,7 +791,7 @@ def ridge_problem(
 class ValueNetProblem:
     """The squared loss of a small tanh value network (a critic) on fixed states and targets.
 
-        L(w) = (1 / N) sum_i (V_w(s_i) - G_i)^2          (math.md section 7, follower loss)
+        L(w) = (1 / N) sum_i (V_w(s_i) - G_i)^2          (chapter 8, equation (eq-ac-follower))
 
     Attributes:
         module: the ``nn.Sequential`` critic (float64).

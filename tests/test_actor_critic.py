@@ -213,7 +213,7 @@ def test_config_defaults_are_the_published_blpo_settings():
         0.95,
         0.2,
     )
-    assert (c.actor_lr, c.critic_lr, c.critic_steps, c.nystrom_rank, c.nystrom_rho) == (
+    assert (c.actor_lr, c.critic_lr, c.critic_steps, c.nystrom_rank, c.nystrom_damping) == (
         2.5e-4,
         1e-3,
         3,
@@ -279,7 +279,7 @@ def test_sampled_estimator_agrees_with_exact_hypergradient(tabular):
     mixed = sampled_hypergradient(problem, ex.w_star, 20_000, seed=7, u=ex.u).mixed
     assert rel(mixed, ex.mixed) < 0.35  # relative std of the estimate ~0.15 at n = 20k
     # Nystrom at full rank with no damping is the exact solve
-    ny = sampled_hypergradient(problem, ex.w_star, 2_000, seed=1, solver="nystrom", rho=1e-12)
+    ny = sampled_hypergradient(problem, ex.w_star, 2_000, seed=1, solver="nystrom", damping=1e-12)
     ref = sampled_hypergradient(problem, ex.w_star, 2_000, seed=1, solver="exact")
     torch.testing.assert_close(ny.u, ref.u, atol=1e-8, rtol=1e-6)
 
@@ -349,7 +349,7 @@ def test_blpo_direction_solves_the_damped_system():
             "gae_matrix": torch.from_numpy(discount_matrix(ro.dones, 0.99 * 0.95)),
             "causal_matrix": torch.from_numpy(discount_matrix(ro.dones, 1.0, strict=True)),
         }
-    d = blpo_direction(state, mb, cfg, solver="cg", rank=200, rho=1.0)
+    d = blpo_direction(state, mb, cfg, solver="cg", rank=200, damping=1.0)
     # at ratio 1 with normalized advantages, grad_w J must not vanish (statistics are constants)
     assert float(d.g_w.norm()) > 1e-3
     params = {k: p.detach() for k, p in state.critic.named_parameters()}

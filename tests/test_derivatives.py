@@ -98,9 +98,9 @@ def test_nystrom_batched_columns_equal_one_by_one(critic64):
     critic, x, targets, gen = critic64
     H = MSEHessian(critic.net, x, targets)
     v = torch.randn(H.dim, generator=gen, dtype=torch.float64)
-    batched = ihvp_nystrom(H, v, rank=7, rho=0.5, generator=torch.Generator().manual_seed(3))
+    batched = ihvp_nystrom(H, v, rank=7, damping=0.5, generator=torch.Generator().manual_seed(3))
     looped = ihvp_nystrom(
-        lambda z: H(z), v, rank=7, rho=0.5, generator=torch.Generator().manual_seed(3)
+        lambda z: H(z), v, rank=7, damping=0.5, generator=torch.Generator().manual_seed(3)
     )
     torch.testing.assert_close(batched.u, looped.u, rtol=1e-10, atol=1e-12)
     assert batched.n_hvp == looped.n_hvp == 7
@@ -125,7 +125,7 @@ def test_policy_log_prob_and_vjp_match_autograd(discrete):
         torch.testing.assert_close(got[b], ref, rtol=1e-12, atol=1e-13)
 
 
-def _autograd_direction(state, mb, cfg, solver, rank, rho):
+def _autograd_direction(state, mb, cfg, solver, rank, damping):
     """The BLPO direction (steps 2-5) written with autograd: the reference for the fast code."""
     actor, critic = state.actor, state.critic
     obs, returns = mb["obs"], mb["returns"]
@@ -145,9 +145,9 @@ def _autograd_direction(state, mb, cfg, solver, rank, rho):
         lambda p: critic_loss(torch.func.functional_call(critic, p, (obs,)), returns), params
     )
     if solver == "nystrom":
-        u = ihvp_nystrom(hvp, g_w, rank=rank, rho=rho, generator=state.gen).u
+        u = ihvp_nystrom(hvp, g_w, rank=rank, damping=damping, generator=state.gen).u
     else:
-        u = ihvp_cg(hvp, g_w, max_iter=rank, rho=rho, tol=1e-10).u
+        u = ihvp_cg(hvp, g_w, max_iter=rank, damping=damping, tol=1e-10).u
     _, dv = torch.func.jvp(
         lambda p: torch.func.functional_call(critic, p, (obs,)), (params,), (hvp.unflatten(u),)
     )
@@ -159,14 +159,14 @@ def _autograd_direction(state, mb, cfg, solver, rank, rho):
 
 
 @pytest.mark.parametrize(
-    ("env_id", "solver", "rank", "rho"),
+    ("env_id", "solver", "rank", "damping"),
     [
         ("CartPole-v1", "nystrom", 5, 50.0),
         ("CartPole-v1", "cg", 10, 1.0),
         ("Pendulum-v1", "nystrom", 20, 1.0),
     ],
 )
-def test_blpo_direction_matches_autograd(env_id, solver, rank, rho):
+def test_blpo_direction_matches_autograd(env_id, solver, rank, damping):
     cfg = make_config("blpo-nystrom", env_id, seed=0, hidden=16)
     envs = make_vector_env(cfg.env_id, cfg.num_envs)
     state = _build(cfg, envs)
@@ -195,9 +195,9 @@ def test_blpo_direction_matches_autograd(env_id, solver, rank, rho):
         )
         mb["old_logp"] = logp + 0.3 * noise
     state.gen.manual_seed(11)
-    d = blpo_direction(state, mb, cfg, solver=solver, rank=rank, rho=rho)
+    d = blpo_direction(state, mb, cfg, solver=solver, rank=rank, damping=damping)
     state.gen.manual_seed(11)
-    ref = _autograd_direction(state, mb, cfg, solver, rank, rho)
+    ref = _autograd_direction(state, mb, cfg, solver, rank, damping)
     for got, want in zip((d.g_theta, d.g_w, d.u, d.correction_raw, d.direction), ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
     assert d.n_hvp == rank

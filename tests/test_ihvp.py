@@ -112,9 +112,9 @@ def test_hvp_shape_errors():
 def test_exact_matches_dense_solve(seed):
     H = random_spd(12, seed)
     v = torch.randn(12, generator=torch.Generator().manual_seed(seed), dtype=D)
-    for rho in (0.0, 0.7):
-        res = ihvp_exact(matvec(H), v, rho=rho)
-        ref = torch.linalg.solve(H + rho * torch.eye(12, dtype=D), v)
+    for damping in (0.0, 0.7):
+        res = ihvp_exact(matvec(H), v, damping=damping)
+        ref = torch.linalg.solve(H + damping * torch.eye(12, dtype=D), v)
         assert res.n_hvp == 12 and rel(res.u, ref) < 1e-12
 
 
@@ -123,9 +123,9 @@ def test_cg_matches_dense_solve_to_1e8(seed):
     n = 20
     H = random_spd(n, seed, cond=1e3)
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=D)
-    for rho in (0.0, 0.1):
-        ref = torch.linalg.solve(H + rho * torch.eye(n, dtype=D), v)
-        res = ihvp_cg(matvec(H), v, max_iter=5 * n, tol=1e-14, rho=rho)
+    for damping in (0.0, 0.1):
+        ref = torch.linalg.solve(H + damping * torch.eye(n, dtype=D), v)
+        res = ihvp_cg(matvec(H), v, max_iter=5 * n, tol=1e-14, damping=damping)
         assert rel(res.u, ref) < 1e-8
         assert res.n_hvp == len(res.info["residual_norms"]) - 1
     few = ihvp_cg(matvec(H), v, max_iter=3)
@@ -136,9 +136,9 @@ def test_cg_and_neumann_count_hvps_through_hvp_object():
     pb = value_network_problem(n_states=64, hidden=6, fit_steps=50, seed=1)
     hvp = pb.hvp()
     v = hvp.grad.clone()
-    res = ihvp_cg(hvp, v, max_iter=7, tol=0.0, rho=1.0)
+    res = ihvp_cg(hvp, v, max_iter=7, tol=0.0, damping=1.0)
     assert res.n_hvp == 7 and hvp.n_hvp == 7
-    res = ihvp_neumann(hvp, v, n_terms=4, alpha=0.01, rho=1.0)
+    res = ihvp_neumann(hvp, v, n_terms=4, alpha=0.01, damping=1.0)
     assert res.n_hvp == 4 and hvp.n_hvp == 11
 
 
@@ -164,11 +164,11 @@ def test_neumann_converges_for_alpha_below_two_over_lambda_max(seed):
 def test_neumann_partial_sum_formula():
     H = random_spd(5, 3)
     v = torch.ones(5, dtype=D)
-    alpha, rho, m = 0.05, 0.3, 6
-    A = H + rho * torch.eye(5, dtype=D)
+    alpha, damping, m = 0.05, 0.3, 6
+    A = H + damping * torch.eye(5, dtype=D)
     B = torch.eye(5, dtype=D) - alpha * A
     ref = alpha * sum(torch.linalg.matrix_power(B, j) @ v for j in range(m + 1))
-    res = ihvp_neumann(matvec(H), v, n_terms=m, alpha=alpha, rho=rho)
+    res = ihvp_neumann(matvec(H), v, n_terms=m, alpha=alpha, damping=damping)
     assert torch.allclose(res.u, ref, atol=1e-14) and res.n_hvp == m
 
 
@@ -177,10 +177,10 @@ def test_nystrom_exact_when_rank_equals_dimension(seed):
     n = 15
     H = random_spd(n, seed)
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=D)
-    for rho in (1e-2, 1.0, 50.0):
-        ref = torch.linalg.solve(H + rho * torch.eye(n, dtype=D), v)
+    for damping in (1e-2, 1.0, 50.0):
+        ref = torch.linalg.solve(H + damping * torch.eye(n, dtype=D), v)
         res = ihvp_nystrom(
-            matvec(H), v, rank=n, rho=rho, generator=torch.Generator().manual_seed(seed)
+            matvec(H), v, rank=n, damping=damping, generator=torch.Generator().manual_seed(seed)
         )
         assert res.n_hvp == n and res.info["rank_kept"] == n
         assert rel(res.u, ref) < 1e-10
@@ -188,7 +188,7 @@ def test_nystrom_exact_when_rank_equals_dimension(seed):
             matvec(H),
             v,
             rank=n,
-            rho=rho,
+            damping=damping,
             safeguard="none",
             generator=torch.Generator().manual_seed(seed),
         )
@@ -202,16 +202,16 @@ def test_nystrom_exact_on_low_rank_psd_with_enough_columns():
     H = B @ B.T
     v = torch.randn(9, generator=gen, dtype=D)
     ref = torch.linalg.solve(H + 0.5 * torch.eye(9, dtype=D), v)
-    res = ihvp_nystrom(matvec(H), v, rank=3, rho=0.5, indices=torch.tensor([0, 4, 8]))
+    res = ihvp_nystrom(matvec(H), v, rank=3, damping=0.5, indices=torch.tensor([0, 4, 8]))
     assert rel(res.u, ref) < 1e-10
 
 
 def test_nystrom_is_deterministic_in_the_generator():
     H = random_spd(30, 5)
     v = torch.ones(30, dtype=D)
-    a = ihvp_nystrom(matvec(H), v, rank=5, rho=1.0, generator=torch.Generator().manual_seed(7))
-    b = ihvp_nystrom(matvec(H), v, rank=5, rho=1.0, generator=torch.Generator().manual_seed(7))
-    c = ihvp_nystrom(matvec(H), v, rank=5, rho=1.0, generator=torch.Generator().manual_seed(8))
+    a = ihvp_nystrom(matvec(H), v, rank=5, damping=1.0, generator=torch.Generator().manual_seed(7))
+    b = ihvp_nystrom(matvec(H), v, rank=5, damping=1.0, generator=torch.Generator().manual_seed(7))
+    c = ihvp_nystrom(matvec(H), v, rank=5, damping=1.0, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.u, b.u) and torch.equal(a.info["indices"], b.info["indices"])
     assert not torch.equal(a.info["indices"], c.info["indices"])
 
@@ -219,16 +219,16 @@ def test_nystrom_is_deterministic_in_the_generator():
 @pytest.mark.parametrize("seed", range(4))
 def test_woodbury_formula_against_dense_inverse(seed):
     gen = torch.Generator().manual_seed(seed)
-    n, k, rho = 12, 4, 0.3
+    n, k, damping = 12, 4, 0.3
     H = random_spd(n, seed)
     K = torch.randperm(n, generator=gen)[:k]
     C, M = H[:, K], H[K][:, K]
     v = torch.randn(n, generator=gen, dtype=D)
-    dense = torch.linalg.inv(C @ torch.linalg.inv(M) @ C.T + rho * torch.eye(n, dtype=D)) @ v
-    formula = v / rho - C @ torch.linalg.solve(M + C.T @ C / rho, C.T @ v) / rho**2
+    dense = torch.linalg.inv(C @ torch.linalg.inv(M) @ C.T + damping * torch.eye(n, dtype=D)) @ v
+    formula = v / damping - C @ torch.linalg.solve(M + C.T @ C / damping, C.T @ v) / damping**2
     assert rel(formula, dense) < 1e-10
     for safeguard in ("eigh", "none"):
-        u, _ = nystrom_woodbury(C, M, v, rho, safeguard=safeguard)
+        u, _ = nystrom_woodbury(C, M, v, damping, safeguard=safeguard)
         assert rel(u, dense) < 1e-10
 
 
@@ -246,16 +246,16 @@ def test_nystrom_never_nan_on_indefinite_or_singular_h():
         v = torch.randn(20, generator=torch.Generator().manual_seed(seed), dtype=D)
         for rank in (1, 5, 20):
             gen = torch.Generator().manual_seed(seed)
-            res = ihvp_nystrom(matvec(H), v, rank=rank, rho=1e-3, generator=gen)
+            res = ihvp_nystrom(matvec(H), v, rank=rank, damping=1e-3, generator=gen)
             ok = bool(torch.isfinite(res.u).all())
             n_nonfinite_safe += not ok
-            # the safeguarded core has weights in [0, 1): ||u|| <= ||v|| / rho
+            # the safeguarded core has weights in [0, 1): ||u|| <= ||v|| / damping
             assert float(res.u.norm()) <= float(v.norm()) / 1e-3 * (1 + 1e-12)
             plain = ihvp_nystrom(
                 matvec(H),
                 v,
                 rank=rank,
-                rho=1e-3,
+                damping=1e-3,
                 safeguard="none",
                 generator=torch.Generator().manual_seed(seed),
             )
@@ -264,10 +264,10 @@ def test_nystrom_never_nan_on_indefinite_or_singular_h():
     assert n_nonfinite_plain > 0  # the unguarded formula does break: the safeguard matters
 
 
-def test_nystrom_negative_definite_block_falls_back_to_v_over_rho():
+def test_nystrom_negative_definite_block_falls_back_to_v_over_damping():
     H = -random_spd(6, 0)
     v = torch.ones(6, dtype=D)
-    res = ihvp_nystrom(matvec(H), v, rank=6, rho=2.0)
+    res = ihvp_nystrom(matvec(H), v, rank=6, damping=2.0)
     assert res.info["rank_kept"] == 0 and torch.allclose(res.u, v / 2.0)
 
 
@@ -296,17 +296,17 @@ def test_clear_errors():
     v = torch.ones(5, dtype=D)
     op = matvec(H)
     with pytest.raises(ValueError, match="rank must be <= the dimension 5"):
-        ihvp_nystrom(op, v, rank=6, rho=1.0)
+        ihvp_nystrom(op, v, rank=6, damping=1.0)
     with pytest.raises(ValueError, match="rank must be >= 1"):
-        ihvp_nystrom(op, v, rank=0, rho=1.0)
-    with pytest.raises(ValueError, match="rho"):
-        ihvp_nystrom(op, v, rank=2, rho=-1.0)
-    with pytest.raises(ValueError, match="rho"):
-        ihvp_nystrom(op, v, rank=2, rho=0.0)
-    with pytest.raises(ValueError, match="rho"):
-        ihvp_cg(op, v, max_iter=3, rho=-0.1)
-    with pytest.raises(ValueError, match="rho"):
-        ihvp_neumann(op, v, n_terms=3, alpha=0.1, rho=-0.1)
+        ihvp_nystrom(op, v, rank=0, damping=1.0)
+    with pytest.raises(ValueError, match="damping"):
+        ihvp_nystrom(op, v, rank=2, damping=-1.0)
+    with pytest.raises(ValueError, match="damping"):
+        ihvp_nystrom(op, v, rank=2, damping=0.0)
+    with pytest.raises(ValueError, match="damping"):
+        ihvp_cg(op, v, max_iter=3, damping=-0.1)
+    with pytest.raises(ValueError, match="damping"):
+        ihvp_neumann(op, v, n_terms=3, alpha=0.1, damping=-0.1)
     with pytest.raises(ValueError, match="n_terms must be >= 1"):
         ihvp_neumann(op, v, n_terms=0, alpha=0.1)
     with pytest.raises(ValueError, match="alpha"):
@@ -319,11 +319,11 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         ihvp_cg(hvp, torch.ones(6, dtype=D), max_iter=2)
     with pytest.raises(TypeError, match="generator"):
-        ihvp_nystrom(op, v, rank=2, rho=1.0, generator=0)
+        ihvp_nystrom(op, v, rank=2, damping=1.0, generator=0)
     with pytest.raises(ValueError, match="distinct"):
-        ihvp_nystrom(op, v, rank=2, rho=1.0, indices=[1, 1])
+        ihvp_nystrom(op, v, rank=2, damping=1.0, indices=[1, 1])
     with pytest.raises(ValueError, match="safeguard"):
-        ihvp_nystrom(op, v, rank=2, rho=1.0, safeguard="magic")
+        ihvp_nystrom(op, v, rank=2, damping=1.0, safeguard="magic")
     with pytest.raises(ValueError, match="solver"):
         pb = ridge_problem(dim=3)
         implicit_hypergradient(
@@ -343,10 +343,10 @@ def test_dict_vectors_in_dict_out():
     for solve, kw in (
         (ihvp_cg, {"max_iter": 5}),
         (ihvp_neumann, {"n_terms": 5, "alpha": 0.01}),
-        (ihvp_nystrom, {"rank": 5, "rho": 1.0}),
+        (ihvp_nystrom, {"rank": 5, "damping": 1.0}),
         (ihvp_exact, {}),
     ):
-        kw = dict(kw, rho=kw.get("rho", 1.0))
+        kw = dict(kw, damping=kw.get("damping", 1.0))
         gen = {"generator": torch.Generator().manual_seed(0)} if solve is ihvp_nystrom else {}
         a = solve(hvp, v_flat, **kw, **gen)
         gen = {"generator": torch.Generator().manual_seed(0)} if solve is ihvp_nystrom else {}
@@ -377,7 +377,7 @@ def test_ridge_closed_form_and_implicit_hypergradient_match_finite_differences()
     for solver, kw in (
         ("exact", {}),
         ("cg", {"max_iter": 50, "tol": 1e-14}),
-        ("nystrom", {"rank": 6, "rho": 1e-12}),
+        ("nystrom", {"rank": 6, "damping": 1e-12}),
     ):
         res = implicit_hypergradient(pb.outer_loss, pb.inner_loss, theta, w, solver=solver, **kw)
         assert rel(res.grad, closed) < 1e-8, solver
@@ -412,17 +412,17 @@ def test_implicit_hypergradient_dict_variables_and_direct_term():
 
 
 def test_check_woodbury_accepts_reference_and_rejects_wrong(capsys):
-    def right(C, M, rho, v):
-        return v / rho - C @ torch.linalg.solve(M + C.T @ C / rho, C.T @ v) / rho**2
+    def right(C, M, damping, v):
+        return v / damping - C @ torch.linalg.solve(M + C.T @ C / damping, C.T @ v) / damping**2
 
-    def wrong(C, M, rho, v):  # forgets one factor 1/rho
-        return v / rho - C @ torch.linalg.solve(M + C.T @ C / rho, C.T @ v) / rho
+    def wrong(C, M, damping, v):  # forgets one factor 1/damping
+        return v / damping - C @ torch.linalg.solve(M + C.T @ C / damping, C.T @ v) / damping
 
     assert check_woodbury(right, n_cases=10)
     assert "PASS" in capsys.readouterr().out
     assert not check_woodbury(wrong, n_cases=10)
     assert "FAIL" in capsys.readouterr().out
-    assert not check_woodbury(lambda C, M, rho, v: "nope", n_cases=3)
+    assert not check_woodbury(lambda C, M, damping, v: "nope", n_cases=3)
 
 
 def test_hvp_object_is_reused_by_solvers():
@@ -456,3 +456,60 @@ def test_hessian_columns_for_callables_hvps_and_structured_operators():
     torch.testing.assert_close(by_hvps, dense_hessian(hvp)[:, K], rtol=1e-10, atol=1e-12)
     structured = hessian_columns(MSEHessian(critic.net, x, y), K)
     torch.testing.assert_close(structured, by_hvps, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Failures are loud
+# ------------------------------------------------------------------------------------------
+
+
+def test_non_finite_hvp_raises_instead_of_returning_a_default():
+    # before: Nystrom returned v / damping and CG returned 0 with only a flag in info
+    v = torch.ones(6, dtype=D)
+
+    def nan_hvp(x):
+        return torch.full_like(x, float("nan"))
+
+    for solve, kw in (
+        (ihvp_nystrom, {"rank": 3, "damping": 1.0}),
+        (ihvp_cg, {"max_iter": 5}),
+        (ihvp_neumann, {"n_terms": 5, "alpha": 0.1}),
+        (ihvp_exact, {}),
+    ):
+        with pytest.raises(FloatingPointError, match="non-finite value"):
+            solve(nan_hvp, v, **kw)
+    # NaN outside the sampled block with a negative definite block: returned v / damping before
+    H = -torch.eye(6, dtype=D)
+
+    def partly_nan(x):
+        y = H @ x
+        y[5] = float("nan")
+        return y
+
+    with pytest.raises(FloatingPointError, match="non-finite value"):
+        ihvp_nystrom(partly_nan, v, rank=3, damping=2.0, indices=torch.tensor([0, 1, 2]))
+    pb = value_network_problem(n_states=16, hidden=3, seed=0)
+    hvp = pb.hvp()
+
+    def inf_hvp(x):
+        return hvp(x) * float("inf")
+
+    with pytest.raises(FloatingPointError, match="non-finite value"):
+        ihvp_nystrom(inf_hvp, hvp.grad, rank=4, damping=1.0)
+
+
+def test_non_finite_right_hand_side_is_rejected():
+    H = random_spd(5, 0)
+    v = torch.tensor([1.0, float("nan"), 0.0, 2.0, 1.0], dtype=D)
+    for solve, kw in (
+        (ihvp_nystrom, {"rank": 3, "damping": 1.0}),
+        (ihvp_cg, {"max_iter": 5}),
+        (ihvp_neumann, {"n_terms": 5, "alpha": 0.1}),
+        (ihvp_exact, {}),
+    ):
+        with pytest.raises(ValueError, match="v must be finite"):
+            solve(matvec(H), v, **kw)
+    pb = value_network_problem(n_states=16, hidden=3, seed=0)
+    v_dict = {k: torch.full_like(p, float("inf")) for k, p in pb.params.items()}
+    with pytest.raises(ValueError, match="v must be finite"):
+        ihvp_cg(pb.hvp(), v_dict, max_iter=3)

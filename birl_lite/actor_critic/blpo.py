@@ -1,4 +1,4 @@
-"""BLPO (Prakash et al., 2026): actor-critic as a Stackelberg game (math.md section 7, chapter 8).
+"""BLPO (Prakash et al., 2026): actor-critic as a Stackelberg game (chapters 8 and 9).
 
 Leader: the actor theta. Follower: the critic w, with loss L(theta, w) = mean_t (V_w(s_t) - G_t)^2
 (targets G_t fixed per rollout; L depends on theta only through the data distribution). One
@@ -7,7 +7,7 @@ minibatch update (``ppo-nested`` stops after step 2, ``blpo-cg`` / ``blpo-nystro
     1. nesting:      repeat K times:  w <- Adam descent step on L(w)       (approximate best response)
     2. leader:       A_t(w) = GAE from V_w, differentiable in w;  J = PPO clipped surrogate with A(w)
                      g_theta = grad_theta J,   g_w = grad_w J
-    3. iHVP:         u ~ (grad^2_ww L + rho I)^{-1} g_w                     (Nystrom rank k, or CG)
+    3. iHVP:         u ~ (grad^2_ww L + lambda I)^{-1} g_w                  (Nystrom rank k, or CG)
     4. mixed term:   q_t = grad_w l_t . u = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u)
                      C_t = sum_{t' > t, same episode} q_t'
                      c   = grad_theta mean_t ratio_t(theta) C_t    (score function, importance ratio)
@@ -95,7 +95,7 @@ class BLPODirection:
 
     Attributes:
         g_theta: ``grad_theta J`` (flat). g_w: ``grad_w J`` (flat; ``None`` without correction).
-        u: the iHVP ``(grad^2_ww L + rho I)^{-1} g_w`` (flat; ``None`` without correction).
+        u: the iHVP ``(grad^2_ww L + lambda I)^{-1} g_w`` (flat; ``None`` without correction).
         correction_raw: the mixed term ``grad^2_{theta w} L u`` before clipping (flat or ``None``).
         correction: after clipping (flat or ``None``). scale: the clipping factor (1: unclipped).
         direction: ``g_theta - correction`` (flat), the ascent direction of the actor.
@@ -119,7 +119,7 @@ def blpo_direction(
     *,
     solver: str | None = None,
     rank: int | None = None,
-    rho: float | None = None,
+    damping: float | None = None,
 ) -> BLPODirection:
     """Steps 2-5 of the BLPO update (module docstring) at the current actor and critic.
 
@@ -133,7 +133,8 @@ def blpo_direction(
         mb: minibatch tensors ``[T, m, ...]`` with ``gae_matrix`` and ``causal_matrix``.
         cfg: hyperparameters; ``cfg.algo`` chooses the iHVP (``ppo-nested``: no correction).
         solver: override of the iHVP: ``"nystrom"``, ``"cg"`` or ``"none"`` (for ablations).
-        rank, rho: overrides of the Nystrom rank / the damping (of Nystrom or CG).
+        rank, damping: overrides of the Nystrom rank (or CG's iterations) / of the damping
+            ``lambda`` (of Nystrom or CG).
 
     Returns:
         :class:`BLPODirection`.
@@ -172,14 +173,14 @@ def blpo_direction(
         dV = torch.cat([-d_delta, cfg.gamma * (1.0 - mb["terminated"]) * d_delta])
         g_w = mlp_vjp(crit, dV.reshape(2 * n, 1))
 
-        # 3. iHVP u ~ (H + rho I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
+        # 3. iHVP u ~ (H + lambda I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
         hessian = MSEHessian(critic.net, obs, returns, acts=crit.rows(n))
         if solver == "nystrom":
             res = ihvp_nystrom(
                 hessian,
                 g_w,
                 rank=cfg.nystrom_rank if rank is None else rank,
-                rho=cfg.nystrom_rho if rho is None else rho,
+                damping=cfg.nystrom_damping if damping is None else damping,
                 generator=state.gen,
             )
         else:
@@ -187,7 +188,7 @@ def blpo_direction(
                 hessian,
                 g_w,
                 max_iter=cfg.cg_iters if rank is None else rank,
-                rho=cfg.cg_rho if rho is None else rho,
+                damping=cfg.cg_damping if damping is None else damping,
                 tol=1e-10,
             )
 

@@ -2,7 +2,7 @@
 
 The defaults are the published BLPO settings for discrete control (Prakash et al., 2026; see
 ``../shared/design/reference-figures.md``): 4 envs x 128 steps, 4 epochs, gamma 0.99, lambda 0.95,
-clip 0.2, actor lr 2.5e-4, critic lr 1e-3, 3 nested critic steps, Nystrom rank 5, rho 50,
+clip 0.2, actor lr 2.5e-4, critic lr 1e-3, 3 nested critic steps, Nystrom rank 5, damping 50,
 correction norm bound 1.0, no entropy bonus, separate 64-64 tanh actor and critic.
 :data:`ENV_PRESETS` overrides a few of them per environment (Pendulum-v1).
 """
@@ -25,7 +25,8 @@ __all__ = ["ALGOS", "ENV_PRESETS", "ACConfig", "make_config"]
 #: * ``ppo-nested``: ``critic_steps`` critic steps, then one actor step whose GAE advantages are
 #:   recomputed from the updated critic (nesting alone: the critic's approximate best response).
 #: * ``blpo-cg`` / ``blpo-nystrom``: ``ppo-nested`` plus the implicit correction of the
-#:   hypergradient (math.md section 7), its iHVP by conjugate gradient or by Nystrom.
+#:   hypergradient (chapter 8, equation (eq-ac-hypergradient)), its iHVP by conjugate gradient
+#:   or by Nystrom.
 ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom")
 
 #: Per-environment overrides of the defaults (applied by :func:`make_config` when the field is
@@ -71,8 +72,9 @@ class ACConfig:
         norm_adv: standardize advantages per minibatch (inside the differentiable path for BLPO).
         ent_coef: entropy bonus (0: none, as BLPO).
         max_grad_norm: global gradient-norm clipping of each network's step.
-        nystrom_rank, nystrom_rho: rank ``k >= 1`` and damping of the Nystrom iHVP.
-        cg_iters, cg_rho: iterations and damping of the CG iHVP (``blpo-cg``).
+        nystrom_rank, nystrom_damping: rank ``k >= 1`` and damping ``lambda > 0`` of the Nystrom
+            iHVP.
+        cg_iters, cg_damping: iterations and damping ``lambda >= 0`` of the CG iHVP (``blpo-cg``).
         correction_bound: ``beta``: the implicit correction is rescaled so that its norm is at
             most ``beta * ||grad_theta J||``.
         hidden: width of the two tanh hidden layers of the actor and of the critic.
@@ -103,9 +105,9 @@ class ACConfig:
     ent_coef: float = 0.0
     max_grad_norm: float = 0.5
     nystrom_rank: int = 5
-    nystrom_rho: float = 50.0
+    nystrom_damping: float = 50.0
     cg_iters: int = 5
-    cg_rho: float = 50.0
+    cg_damping: float = 50.0
     correction_bound: float = 1.0
     hidden: int = 64
     normalize_obs: bool = False
@@ -148,11 +150,11 @@ class ACConfig:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        for name in ("clip_coef", "actor_lr", "critic_lr", "max_grad_norm", "nystrom_rho"):
+        for name in ("clip_coef", "actor_lr", "critic_lr", "max_grad_norm", "nystrom_damping"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("ent_coef", "cg_rho", "correction_bound"):
+        for name in ("ent_coef", "cg_damping", "correction_bound"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -1,4 +1,4 @@
-"""The BLPO hypergradient on a tabular MDP, exactly and by sampling (math.md section 7, chapter 8).
+"""The BLPO hypergradient on a tabular MDP, exactly and by sampling (chapter 8, section 8.3).
 
 A softmax actor ``pi_theta(a|s) = softmax(theta[s])`` and a linear critic ``V_w(s) = phi(s) . w``
 on a small :class:`~birl_lite.mdp.TabularMDP`, with episodes of ``T`` steps from ``rho``. Data are
@@ -278,11 +278,12 @@ def sampled_hypergradient(
     seed: int = 0,
     solver: str = "exact",
     rank: int | None = None,
-    rho: float = 0.0,
+    damping: float = 0.0,
     u=None,
     strict: bool = True,
 ) -> SampledHypergradient:
-    """BLPO's estimator of the hypergradient from ``n`` sampled episodes (math.md section 7).
+    """BLPO's estimator of the hypergradient from ``n`` sampled episodes (chapter 8, equation
+    (eq-ac-mixed)).
 
     Exactly the computation of :func:`~birl_lite.actor_critic.blpo.blpo_update` with the linear
     critic: GAE from ``V_w`` (differentiable in ``w``), the clipped surrogate at ratio 1, the
@@ -294,7 +295,7 @@ def sampled_hypergradient(
         problem: the tabular problem. w: critic weights ``[k]`` (``w*`` for the check).
         n: number of episodes. seed: sampling seed.
         solver: ``"exact"``, ``"cg"`` (to convergence) or ``"nystrom"`` (``rank``) for the iHVP.
-        rho: damping of the iHVP.
+        damping: damping ``lambda >= 0`` of the iHVP.
         u: if given, use this ``u`` (e.g. the exact one) instead of solving: isolates the
             mixed-term estimator.
         strict: sum the later losses ``t' > t`` only (BLPO's estimator, unbiased); ``False``
@@ -338,12 +339,16 @@ def sampled_hypergradient(
     H = torch.stack([hvp(e) for e in torch.eye(k, dtype=DTYPE)], dim=1)
     if u is None:
         if solver == "exact":
-            u = ihvp_exact(hvp, g_w, rho=rho).u
+            u = ihvp_exact(hvp, g_w, damping=damping).u
         elif solver == "cg":
-            u = ihvp_cg(hvp, g_w, max_iter=10 * k, tol=1e-12, rho=rho).u
+            u = ihvp_cg(hvp, g_w, max_iter=10 * k, tol=1e-12, damping=damping).u
         elif solver == "nystrom":
             u = ihvp_nystrom(
-                hvp, g_w, rank=rank or k, rho=rho, generator=torch.Generator().manual_seed(seed)
+                hvp,
+                g_w,
+                rank=rank or k,
+                damping=damping,
+                generator=torch.Generator().manual_seed(seed),
             ).u
         else:
             raise ValueError(f"solver must be 'exact', 'cg' or 'nystrom', got {solver!r}")

@@ -12,9 +12,9 @@ __all__ = ["check_woodbury"]
 
 
 def _cases(n_cases: int, seed: int):
-    """Random Nystrom blocks ``(C, M, rho, v)`` of random SPD Hessians, ranks 1..n."""
+    """Random Nystrom blocks ``(C, M, damping, v)`` of random SPD Hessians, ranks 1..n."""
     gen = torch.Generator().manual_seed(seed)
-    rhos = (1e-2, 0.1, 1.0, 10.0, 50.0)
+    dampings = (1e-2, 0.1, 1.0, 10.0, 50.0)
     for k in range(n_cases):
         n = int(torch.randint(3, 25, (1,), generator=gen))
         rank = int(torch.randint(1, n + 1, (1,), generator=gen))
@@ -24,29 +24,34 @@ def _cases(n_cases: int, seed: int):
         H = 0.5 * (H + H.T)
         K = torch.randperm(n, generator=gen)[:rank]
         v = torch.randn(n, generator=gen, dtype=torch.float64)
-        yield H[:, K].clone(), H[K][:, K].clone(), rhos[k % len(rhos)], v
+        yield H[:, K].clone(), H[K][:, K].clone(), dampings[k % len(dampings)], v
 
 
 def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float = 1e-8) -> bool:
     """Check a reader's Woodbury solve of the damped Nystrom system.
 
-    The reader's function is called as ``fn(C, M, rho, v)`` with ``C [n, k]`` (columns
+    The reader's function is called as ``fn(C, M, damping, v)`` with ``C [n, k]`` (columns
     ``H[:, K]`` of a symmetric positive definite ``H``), ``M [k, k]`` (``H[K, K]``), a float
-    ``rho > 0`` and ``v [n]`` (float64). It must return ``u = (C M^{-1} C^T + rho I)^{-1} v``
+    ``damping > 0`` (the ``lambda`` of chapter 7) and ``v [n]`` (float64). It must return
+    ``u = (C M^{-1} C^T + damping I)^{-1} v``
     ``[n]`` without forming an ``n x n`` inverse. The expected value is a dense solve; the
     relative error ``||u - u_ref|| / ||u_ref||`` must be at most ``rtol``. The library's own
-    answer is :func:`birl_lite.ihvp.nystrom_woodbury`.
+    answer is :func:`birl_lite.linear_solve.nystrom_woodbury`.
 
     Prints ``PASS`` or ``FAIL`` with the first mismatching case; returns whether all cases passed.
     """
 
     def cases():
-        for C, M, rho, v in _cases(n_cases, seed):
+        for C, M, damping, v in _cases(n_cases, seed):
             n, rank = C.shape
             H_k = C @ torch.linalg.solve(M, C.T)
             eye = torch.eye(n, dtype=C.dtype)
-            expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + rho * eye, v)
-            yield Case(label=f"n={n}, k={rank}, rho={rho}", args=(C, M, rho, v), expected=expected)
+            expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + damping * eye, v)
+            yield Case(
+                label=f"n={n}, k={rank}, damping={damping}",
+                args=(C, M, damping, v),
+                expected=expected,
+            )
 
     return run_cases(
         fn,
