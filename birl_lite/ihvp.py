@@ -450,7 +450,8 @@ def ihvp_cg(
         ``converged``, ``negative_curvature`` and ``breakdown``.
 
     Raises:
-        ValueError: if ``v`` is not finite. FloatingPointError: if the HVP returns NaN or inf.
+        ValueError: if ``v`` is not finite.
+        FloatingPointError: if the HVP returns NaN or inf.
     """
     op = _Operator(hvp, v)
     res = solve(op, op.flat_v, method="cg", damping=damping, tol=tol, max_iter=max_iter, warn=warn)
@@ -489,8 +490,8 @@ def ihvp_neumann(
         ``j = 0..m``) and ``growing`` (whether the last term is larger than the first).
 
     Raises:
-        ValueError: if ``v`` is not finite. FloatingPointError: if the HVP returns NaN or inf,
-        or the iterate overflows.
+        ValueError: if ``v`` is not finite.
+        FloatingPointError: if the HVP returns NaN or inf, or the iterate overflows.
     """
     n_terms = check_positive_int(n_terms, "n_terms")
     op = _Operator(hvp, v)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -638,7 +638,7 @@ def _nystrom(op: _Op, b, damping, tol, rank, indices, generator, warn) -> SolveR
 
 
 def solve(
-    A: torch.Tensor | sp.spmatrix | sp.sparray | spla.LinearOperator | Callable,
+    A: Any,
     b: torch.Tensor,
     *,
     method: str = "direct",
