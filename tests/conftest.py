@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 #: test modules of each chapter (the notebook ``chapters/NN_*.ipynb`` is added automatically)
 CHAPTER_TESTS = {
-    "01": ("test_mdp", "test_soft", "test_envs", "test_exercises"),
+    "01": ("test_mdp", "test_soft", "test_kernels", "test_envs", "test_exercises"),
     "02": ("test_problems",),
     "03": ("test_hypergradient",),
     "04": ("test_model_based",),
