@@ -3,13 +3,13 @@
 Compares, side by side in one run and on one thread:
 
 * ``birl_lite.model_based.m_sobirl`` (amortized, and the exact variant);
-* a plainly written torch implementation of the *same* algorithm (math.md section 4) in the
-  style of the authors' published code: rewards built entry by entry with autograd, the matrix
-  ``Phi_x`` by one ``autograd.grad`` call per state, the ``(H2)`` direct term by a backward pass,
-  dense ``[S, A, S]`` einsums, a convergence check in every value-iteration sweep. (It follows the
-  specification, not the published code's deviations: the policy is a normalized softmax, the
-  sweeps do not stop early, and ``log-sum-exp`` subtracts the maximum, so the iterates of both
-  implementations must agree to round-off.)
+* a plainly written torch implementation of the *same* algorithm (chapter 4, equation
+  (eq-ch4-msobirl)) in the style of the authors' published code: rewards built entry by entry
+  with autograd, the matrix ``Phi_x`` by one ``autograd.grad`` call per state, the ``(H2)``
+  direct term by a backward pass, dense ``[S, A, S]`` einsums, a convergence check in every
+  value-iteration sweep. (It follows the specification, not the published code's deviations: the
+  policy is a normalized softmax, the sweeps do not stop early, and ``log-sum-exp`` subtracts the
+  maximum, so the iterates of both implementations must agree to round-off.)
 
 Like with like: every implementation is timed the same way, in the same number of runs of the same
 number of outer steps, the runs interleaved (one run of each per round, the order rotating), so that

@@ -1,9 +1,10 @@
 """Preference learning as bilevel RL: exploitation and exploration (chapter 6 of the book).
 
-Math: ``../shared/design/math.md`` sections 2 and 5. A hidden true reward ``r_true(s)`` labels
-comparisons; the designer learns a reward ``r_x(s, a) = x[s]`` (one value per state); the agent
-plays the soft-optimal policy ``pi*_x`` of ``r_x``. The upper level is the Bradley-Terry loss of
-segment pairs *sampled from the current policy* and labelled by the hidden reward:
+Math: chapter 2, equation (eq-ch2-preference), and chapter 6, equations (eq-pref-loss) and
+(eq-pref-split). A hidden true reward ``r_true(s)`` labels comparisons; the designer learns a
+reward ``r_x(s, a) = x[s]`` (one value per state); the agent plays the soft-optimal policy
+``pi*_x`` of ``r_x``. The upper level is the Bradley-Terry loss of segment pairs *sampled from
+the current policy* and labelled by the hidden reward:
 
     f(x, pi) = sum_{s, s'} mu_pi(s) mu_pi(s') l(x_s - x_s'; p(s, s')) + lam/2 ||x||^2,
     l(z; p) = -p log sigmoid(z) - (1 - p) log sigmoid(-z),   p(s, s') = sigmoid((r_true(s) - r_true(s')) / beta),
@@ -18,7 +19,7 @@ policy's trajectories are). ``f`` depends on ``pi`` only through the *data distr
 * the **policy-dependence term** ``(1/tau) sum G (grad_x Q* - grad_x V*)``: move the reward so
   that the policy produces comparisons on which the loss is lower, i.e. pairs of states whose true
   rewards differ and are ranked right; that pushes the visitation to spread over states of
-  different value (exploration, math.md section 5).
+  different value (exploration, chapter 6).
 
 :func:`train` runs gradient descent with the full hypergradient or the direct term alone, and
 records state coverage, the true return of ``pi*_x`` and the loss; ``python -m
@@ -189,7 +190,7 @@ def preference_problem(
 
 @dataclass
 class HypergradientSplit:
-    """``grad phi = direct + policy`` at ``x`` (math.md section 5).
+    """``grad phi = direct + policy`` at ``x`` (chapter 6, equation (eq-pref-split)).
 
     Attributes:
         full: ``grad phi(x)`` (H1) ``[n]``; direct: ``grad_x f`` with the data distribution held

@@ -1,6 +1,6 @@
 """Bilevel RL problems: ``min_x phi(x) = f(x, pi*_x)`` with ``pi*_x`` the soft-optimal policy of ``r_x``.
 
-Math: ``../shared/design/math.md`` section 2 (chapter 2 of the book).
+Math: chapter 2 of the book, equations (eq-ch2-lower) and (eq-ch2-bilevel).
 
 A :class:`BilevelProblem` bundles the lower-level dynamics (a :class:`~birl_lite.mdp.TabularMDP`),
 the parameterized reward ``reward_fn(x) -> r_x [S, A]``, the upper-level objective
@@ -54,7 +54,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BilevelProblem:
-    """A bilevel RL problem ``min_x f(x, pi*_x)`` (math.md section 2).
+    """A bilevel RL problem ``min_x f(x, pi*_x)`` (chapter 2, equation (eq-ch2-bilevel)).
 
     Attributes:
         mdp: the lower-level dynamics ``(P, gamma, rho)``.
@@ -144,7 +144,10 @@ class BilevelProblem:
         return soft_policy_iteration(self.mdp, r, self.tau, V0, tol=tol)
 
     def phi(self, x, *, tol: float = 1e-12) -> float:
-        """The hyperobjective ``phi(x) = f(x, pi*_x)`` (math.md section 2), as a float."""
+        """The hyperobjective ``phi(x) = f(x, pi*_x)`` as a float.
+
+        Chapter 2, equation (eq-ch2-bilevel).
+        """
         x = self._x(x).detach()
         pi = self.lower(x, tol=tol).pi
         return float(_scalar(self.upper_fn(x, pi), "upper_fn(x, pi)"))
@@ -236,7 +239,7 @@ def synthetic_problem(
     tau: float = 1.0,
     support: tuple[int, int] | None = None,
 ) -> BilevelProblem:
-    """The synthetic bilevel problem of [YGY] (math.md section 2).
+    """The synthetic bilevel problem of [YGY] (chapter 2, equation (eq-ch2-synthetic)).
 
     Lower level: each ``(s, a)`` moves to a random set of ``1..S-1`` next states (``support``) with
     random normalized weights, discount ``gamma``; reward ``r_x(s, a) = c[s, a] * x^T M x`` with
@@ -347,7 +350,7 @@ def reward_design_problem(
     tau: float = 0.1,
     x0=None,
 ) -> BilevelProblem:
-    """Reward design (shaping) on a grid map (math.md section 2).
+    """Reward design (shaping) on a grid map (chapter 2, equation (eq-ch2-design)).
 
     The designer chooses shaping weights ``x``; the agent solves the soft MDP with
     ``r_x = r_env + features @ x``; the designer scores the agent's policy with the *true* task
@@ -366,8 +369,9 @@ def reward_design_problem(
     Returns:
         A :class:`BilevelProblem` with analytic derivatives: ``dr_dx = features`` and, by the
         policy-gradient identity, ``dJ/dpi(a|s) = d(s) Q^pi(s, a)`` with ``d`` the unnormalized
-        discounted visitation (math.md section 3); ``info`` holds ``task``, ``features``, ``lam``
-        and, for ``"state"`` features, ``states`` (the state of each component of ``x``).
+        discounted visitation (chapter 3, equation (eq-pg)); ``info`` holds ``task``,
+        ``features``, ``lam`` and, for ``"state"`` features, ``states`` (the state of each
+        component of ``x``).
     """
     task = four_rooms() if task is None else task
     if not isinstance(task, TabularTask):

@@ -1,4 +1,7 @@
-"""Tests of birl_lite.model_based: M-SoBiRL and its exact variant (math.md section 4)."""
+"""Tests of birl_lite.model_based: M-SoBiRL and its exact variant.
+
+The algorithm is chapter 4, equation (eq-ch4-msobirl).
+"""
 
 import math
 
@@ -15,7 +18,7 @@ D = torch.float64
 
 
 def reference_m_sobirl(problem, beta, zeta, n_sweeps, n_adjoint_steps, max_iter, seed, exact=False):
-    """The algorithm of math.md section 4 written plainly: dense matrices, autograd derivatives."""
+    """Chapter 4, equation (eq-ch4-msobirl), written plainly: dense matrices, autograd gradients."""
     mdp, tau = problem.mdp, problem.tau
     S, A = mdp.n_states, mdp.n_actions
     P, gamma = mdp.P, mdp.gamma

@@ -1,4 +1,4 @@
-"""Tests of birl_lite.problems: the bilevel problem builders of math.md section 2."""
+"""Tests of birl_lite.problems: the bilevel problem builders of chapter 2."""
 
 import math
 

@@ -1,4 +1,7 @@
-"""Soft Bellman operator, soft value / policy iteration and policy evaluation (math.md section 1)."""
+"""Soft Bellman operator, soft value / policy iteration and policy evaluation.
+
+Chapter 1, equations (eq-soft-bellman) and (eq-soft-eval).
+"""
 
 import math
 import warnings

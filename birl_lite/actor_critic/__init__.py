@@ -1,4 +1,6 @@
-"""Actor-critic algorithms on gymnasium control tasks (chapters 8-9; math.md section 7).
+"""Actor-critic algorithms on gymnasium control tasks (chapters 8-9).
+
+The hypergradient they estimate is chapter 8, equation (eq-ac-hypergradient).
 
 * :mod:`birl_lite.actor_critic.config`: :class:`~birl_lite.actor_critic.config.ACConfig`, the hyperparameters (published BLPO defaults).
 * :mod:`birl_lite.actor_critic.networks`: separate tanh actor (Categorical / diagonal Gaussian) and critic.

@@ -1,7 +1,7 @@
 """Hyperparameters of the actor-critic algorithms of chapters 8-9 (PPO, PPO-nested, BLPO).
 
-The defaults are the published BLPO settings for discrete control (Prakash et al., 2026; see
-``../shared/design/reference-figures.md``): 4 envs x 128 steps, 4 epochs, gamma 0.99, lambda 0.95,
+The defaults are the published BLPO settings for discrete control (Prakash et al., 2026; chapter 8,
+section 8.1, and chapter 9, section 9.1): 4 envs x 128 steps, 4 epochs, gamma 0.99, lambda 0.95,
 clip 0.2, actor lr 2.5e-4, critic lr 1e-3, 3 nested critic steps, Nystrom rank 5, damping 50,
 correction norm bound 1.0, no entropy bonus, separate 64-64 tanh actor and critic.
 :data:`ENV_PRESETS` overrides a few of them per environment (Pendulum-v1).

@@ -1,7 +1,8 @@
 """Hand-derived first and second derivatives of the tanh MLPs of chapters 8-9.
 
 BLPO needs, per minibatch, several gradients of the critic, ``k`` Hessian-vector products of the
-follower loss and two vector-Jacobian products of the actor (math.md section 7). On networks
+follower loss and two vector-Jacobian products of the actor (chapter 8, equations
+(eq-ac-hypergradient) and (eq-ac-mixed)). On networks
 this small (64-64) the cost of autograd is the bookkeeping around each of its ~100 tiny
 kernels, not arithmetic, so :func:`~birl_lite.actor_critic.blpo.blpo_update` uses the explicit
 formulas below instead: backpropagation written out (:func:`mlp_vjp`) and its directional

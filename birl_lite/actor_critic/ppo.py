@@ -44,7 +44,7 @@ def surrogate_partials(
 
 
 def critic_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """The follower loss ``L = mean_t (V_w(s_t) - G_t)^2`` (math.md section 7)."""
+    """The follower loss ``L = mean_t (V_w(s_t) - G_t)^2`` (chapter 8, eq. (eq-ac-follower))."""
     return (values - returns).square().mean()
 
 

@@ -9,7 +9,8 @@
   :class:`Rollout` (observations, true next observations, actions, rewards, terminations,
   episode ends) while recording completed episodes (raw rewards, never normalized ones).
 * :func:`gae` (the backward recursion) and :func:`discount_matrix` (the same sum as a matrix, so
-  that BLPO can recompute advantages differentiably from the current critic, math.md section 7).
+  that BLPO can recompute advantages differentiably from the current critic; chapter 8,
+  section 8.5).
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def discount_matrix(dones: np.ndarray, factor: float, *, strict: bool = False) -
 
     With ``factor = gamma * lam``, ``A[:, e] = M[e] @ delta[:, e]`` is :func:`gae`; with
     ``factor = 1, strict=True``, ``M[e] @ q[:, e]`` is the causal sum ``sum_{t' > t} q_t'`` within
-    the episode that the BLPO mixed term needs (math.md section 7).
+    the episode that the BLPO mixed term needs (chapter 8, equation (eq-ac-mixed); chapter 8
+    explains why the sum starts at ``t' > t``).
 
     Args:
         dones: ``[T, E]`` episode ends (1.0 at the last step of an episode).
