@@ -1,7 +1,8 @@
 """birl_lite: bilevel reinforcement learning from first principles.
 
 The package behind the birl-book Jupyter Book. Every tabular tensor is ``torch.float64``
-(:data:`birl_lite.DTYPE`), whatever torch's default dtype; inputs are converted on entry.
+(:data:`birl_lite.DTYPE`), whatever torch's default dtype; inputs (annotated
+:class:`birl_lite.ArrayLike`) are converted on entry.
 
 Modules mirror the chapters:
 
@@ -23,7 +24,7 @@ Modules mirror the chapters:
 * :mod:`birl_lite.exercises`: checkers for the book's coding exercises.
 """
 
-from ._validation import DTYPE
+from ._validation import DTYPE, ArrayLike
 from .envs import TabularEnv
 from .first_order import hypergradient, hyperobjective, return_hypergradient
 from .mdp import (
@@ -71,6 +72,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DTYPE",
+    "ArrayLike",
     "FOUR_ROOMS_LAYOUT",
     "BilevelProblem",
     "ConvergenceWarning",

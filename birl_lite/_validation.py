@@ -1,13 +1,15 @@
 """Input checks shared by every module: one place for the error messages users see.
 
 Every tabular quantity in ``birl_lite`` is a ``torch.float64`` tensor, whatever torch's default
-dtype is. Inputs may be tensors, numpy arrays or nested lists; they are converted with
-:func:`as_tensor`.
+dtype is. Inputs may be tensors, numpy arrays or nested lists (annotated :data:`ArrayLike`); they
+are converted with :func:`as_tensor`.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +17,12 @@ import torch
 DTYPE = torch.float64
 """The dtype of every tabular tensor in birl_lite (float64 keeps fixed points exact to 1e-12)."""
 
+ArrayLike = torch.Tensor | np.ndarray | Sequence[Any]
+"""An array input: a tensor, a numpy array or a (nested) sequence of numbers, converted by
+:func:`as_tensor` to a ``torch.float64`` tensor (gradients kept)."""
 
-def as_tensor(x, name: str, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+
+def as_tensor(x: ArrayLike, name: str, dtype: torch.dtype = DTYPE) -> torch.Tensor:
     """Convert ``x`` (tensor, numpy array or nested sequence of numbers) to a tensor of ``dtype``.
 
     Raises ``TypeError`` naming ``name`` when ``x`` is not numeric.
@@ -41,7 +47,7 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be finite (it contains NaN or inf)")
 
 
-def check_real(value, name: str) -> float:
+def check_real(value: object, name: str) -> float:
     """Return ``value`` as a Python float; ``TypeError`` if it is not a real number."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
@@ -50,7 +56,7 @@ def check_real(value, name: str) -> float:
     return float(value)
 
 
-def check_gamma(gamma) -> float:
+def check_gamma(gamma: float) -> float:
     """Discount factor: a real number in [0, 1)."""
     g = check_real(gamma, "gamma")
     if not (0.0 <= g < 1.0):
@@ -58,7 +64,7 @@ def check_gamma(gamma) -> float:
     return g
 
 
-def check_tau(tau) -> float:
+def check_tau(tau: float) -> float:
     """Temperature of the entropy regularization: a real number > 0."""
     t = check_real(tau, "tau")
     if not (t > 0.0) or not np.isfinite(t):
@@ -66,7 +72,7 @@ def check_tau(tau) -> float:
     return t
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -75,14 +81,14 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_choice(value, name: str, choices) -> str:
+def check_choice(value: str, name: str, choices: Collection[str]) -> str:
     """One of the allowed option strings; ``ValueError`` naming ``name`` and the choices otherwise."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
 
 
-def check_distribution(p, name: str, size: int, atol: float = 1e-8) -> torch.Tensor:
+def check_distribution(p: ArrayLike, name: str, size: int, atol: float = 1e-8) -> torch.Tensor:
     """A probability vector of length ``size``: non-negative, summing to 1 within ``atol``."""
     t = as_tensor(p, name)
     if t.shape != (size,):
