@@ -6,11 +6,13 @@ observations and actions. They never read ``P``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import torch
 
-from ._validation import as_tensor, check_finite, check_positive_int
+from ._validation import ArrayLike, as_tensor, check_finite, check_positive_int
 from .mdp import TabularMDP, TabularTask
 
 __all__ = ["TabularEnv"]
@@ -36,12 +38,12 @@ class TabularEnv(gym.Env):
     def __init__(
         self,
         mdp: TabularMDP | TabularTask,
-        r=None,
+        r: ArrayLike | None = None,
         *,
-        terminal=None,
+        terminal: ArrayLike | None = None,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
-    ):
+    ) -> None:
         if isinstance(mdp, TabularTask):
             task = mdp
             mdp = task.mdp
@@ -80,14 +82,16 @@ class TabularEnv(gym.Env):
         self._state: int | None = None
         self._t = 0
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Start an episode: draw ``s0 ~ rho``. Returns ``(s0, {})``; ``seed`` reseeds ``np_random``."""
         super().reset(seed=seed)
         self._state = _draw(self._rho_cdf, self.np_random)
         self._t = 0
         return self._state, {}
 
-    def step(self, action):
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
         """Take ``action``: returns ``(s', r[s, a], terminated, truncated, {})`` with ``s' ~ P[s, a, :]``."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
@@ -102,7 +106,7 @@ class TabularEnv(gym.Env):
         truncated = self.max_episode_steps is not None and self._t >= self.max_episode_steps
         return s_next, reward, terminated, truncated, {}
 
-    def render(self):
+    def render(self) -> str | None:
         """A one-line text description of the current state (``render_mode="ansi"``), else ``None``."""
         if self.render_mode == "ansi":
             return f"state {self._state} (t={self._t})\n"

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -127,7 +128,7 @@ def _is_finished(path: Path) -> bool:
         return False
 
 
-def run_one(run: Run, progress=None) -> dict:
+def run_one(run: Run, progress: Any = None) -> dict:
     """Train one run and write its results file; returns the record written."""
     cfg = run.config
 

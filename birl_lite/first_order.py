@@ -29,12 +29,14 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from . import kernels
 from ._validation import (
     DTYPE,
+    ArrayLike,
     as_tensor,
     check_choice,
     check_finite,
@@ -92,7 +94,18 @@ class HypergradientResult:
             stage: ``forward``, ``upper``, ``linear``, and ``jacobian`` (H1) or ``vjp`` (H2)).
     """
 
-    def __init__(self, grad, phi, V, Q, pi, dr_dx=None, info=None, *, jacobian=None):
+    def __init__(
+        self,
+        grad: torch.Tensor,
+        phi: torch.Tensor,
+        V: torch.Tensor,
+        Q: torch.Tensor,
+        pi: torch.Tensor,
+        dr_dx: torch.Tensor | None = None,
+        info: dict[str, Any] | None = None,
+        *,
+        jacobian: Callable[[], torch.Tensor] | None = None,
+    ) -> None:
         self.grad, self.phi, self.V, self.Q, self.pi = grad, phi, V, Q, pi
         self.info = {} if info is None else info
         self._dr_dx = dr_dx
@@ -174,7 +187,9 @@ def _quiet_torch_jit():
         yield
 
 
-def reward_jacobian(reward_fn: RewardFn, x, mdp: TabularMDP | None = None) -> torch.Tensor:
+def reward_jacobian(
+    reward_fn: RewardFn, x: ArrayLike, mdp: TabularMDP | None = None
+) -> torch.Tensor:
     """The reward Jacobian ``dr_dx[s, a, i] = d r_x(s, a) / d x_i`` by automatic differentiation.
 
     Only first derivatives of ``reward_fn``: forward mode (``torch.func.jacfwd``, ``n`` tangents)
@@ -209,7 +224,9 @@ def reward_jacobian(reward_fn: RewardFn, x, mdp: TabularMDP | None = None) -> to
     return jac.detach()
 
 
-def upper_gradients(upper_fn: UpperFn, x, pi) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def upper_gradients(
+    upper_fn: UpperFn, x: ArrayLike, pi: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``f(x, pi)`` and its partial gradients ``(grad_x f [n], df/dpi [S, A])`` by one backward pass.
 
     ``pi`` is treated as a free ``[S, A]`` array (no simplex constraint): the hypergradient only
@@ -254,7 +271,11 @@ def _call_upper_value_and_grad(fn: Callable, x: torch.Tensor, pi: torch.Tensor):
     return f, df_dx, df_dpi
 
 
-def negative_return(mdp: TabularMDP, r_U, *, ridge: float = 0.0, linear_solver: str = "auto"):
+def negative_return(
+    mdp: TabularMDP, r_U: ArrayLike, *, ridge: float = 0.0, linear_solver: str = "auto"
+) -> tuple[
+    UpperFn, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+]:
     """``f(x, pi) = -J_U(pi) + (ridge / 2) ||x||^2`` with its partials in closed form.
 
     ``J_U(pi) = rho^T V_U^pi`` is the unregularized return of the upper-level reward ``r_U``; by the
@@ -294,7 +315,7 @@ def negative_return(mdp: TabularMDP, r_U, *, ridge: float = 0.0, linear_solver: 
 
 def reward_vjp(
     reward_fn: RewardFn,
-    x,
+    x: ArrayLike,
     cotangent: torch.Tensor,
     mdp: TabularMDP | None = None,
     *,
@@ -417,13 +438,13 @@ def hypergradient(
     mdp: TabularMDP,
     reward_fn: RewardFn,
     upper_fn: UpperFn,
-    x,
+    x: ArrayLike,
     tau: float,
     *,
     form: str = "H2",
     linear_solver: str = "auto",
     forward: str = "policy_iteration",
-    V0=None,
+    V0: ArrayLike | None = None,
     tol: float = 1e-12,
     max_iter: int | None = None,
     check_reward: bool = True,
@@ -582,13 +603,13 @@ def hypergradient(
 def return_hypergradient(
     mdp: TabularMDP,
     reward_fn: RewardFn,
-    r_U,
-    x,
+    r_U: ArrayLike,
+    x: ArrayLike,
     tau: float,
     *,
     use_advantage: bool = True,
     forward: str = "policy_iteration",
-    V0=None,
+    V0: ArrayLike | None = None,
     tol: float = 1e-12,
 ) -> HypergradientResult:
     """(H1) in the special case ``f(x, pi) = -J_U(pi)``: the policy-gradient (visitation) form.
@@ -655,11 +676,11 @@ def hyperobjective(
     mdp: TabularMDP,
     reward_fn: RewardFn,
     upper_fn: UpperFn,
-    x,
+    x: ArrayLike,
     tau: float,
     *,
     forward: str = "policy_iteration",
-    V0=None,
+    V0: ArrayLike | None = None,
     tol: float = 1e-12,
     max_iter: int | None = None,
 ) -> torch.Tensor:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real
+from ._validation import DTYPE, ArrayLike, as_tensor, check_finite, check_positive_int, check_real
 from .linear_solve import _nystrom_columns, _Op, nystrom_woodbury, solve
 
 __all__ = [
@@ -370,7 +370,9 @@ def _operator(hvp, dim: int | None) -> _Operator:
     return _Operator(hvp, torch.zeros(dim, dtype=getattr(hvp, "dtype", DTYPE)))
 
 
-def dense_hessian(hvp, dim: int | None = None) -> torch.Tensor:
+def dense_hessian(
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor], dim: int | None = None
+) -> torch.Tensor:
     """The dense Hessian ``[dim, dim]`` from ``dim`` HVPs with unit vectors (symmetrized).
 
     For small problems and references only. ``dim`` is needed when ``hvp`` is a plain callable.
@@ -380,7 +382,9 @@ def dense_hessian(hvp, dim: int | None = None) -> torch.Tensor:
     return 0.5 * (H + H.T)
 
 
-def hessian_columns(hvp, K: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def hessian_columns(
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor], K: torch.Tensor, dim: int | None = None
+) -> torch.Tensor:
     """The columns ``H[:, K]`` ``[dim, k]`` of a Hessian given as an HVP, the ``C`` of Nystrom.
 
     Uses the HVP's own ``columns(K)`` if it has one (a structured shortcut), else its
@@ -392,7 +396,13 @@ def hessian_columns(hvp, K: torch.Tensor, dim: int | None = None) -> torch.Tenso
     return _Op(op, op.dim, op.dtype).columns(K)
 
 
-def ihvp_exact(hvp, v: Tree, damping: float = 0.0, *, warn: bool = False) -> IHVPResult:
+def ihvp_exact(
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor],
+    v: Tree,
+    damping: float = 0.0,
+    *,
+    warn: bool = False,
+) -> IHVPResult:
     """Reference iHVP: build ``H`` densely from ``dim`` HVPs and solve ``(H + damping I) u = v``.
 
     :func:`~birl_lite.linear_solve.solve` with ``method="direct"`` (an LU solve). Small
@@ -419,7 +429,7 @@ def ihvp_exact(hvp, v: Tree, damping: float = 0.0, *, warn: bool = False) -> IHV
 
 
 def ihvp_cg(
-    hvp,
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor],
     v: Tree,
     *,
     max_iter: int,
@@ -461,7 +471,13 @@ def ihvp_cg(
 
 
 def ihvp_neumann(
-    hvp, v: Tree, *, n_terms: int, alpha: float, damping: float = 0.0, warn: bool = False
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor],
+    v: Tree,
+    *,
+    n_terms: int,
+    alpha: float,
+    damping: float = 0.0,
+    warn: bool = False,
 ) -> IHVPResult:
     """Truncated Neumann series ``u = alpha sum_{j=0}^{m} (I - alpha (H + damping I))^j v``.
 
@@ -512,7 +528,7 @@ def ihvp_neumann(
 
 
 def ihvp_nystrom(
-    hvp,
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor],
     v: Tree,
     *,
     rank: int,
@@ -729,22 +745,22 @@ class RidgeProblem:
         resid = self.X_val @ w - self.y_val
         return 0.5 * (resid @ resid) / self.X_val.shape[0]
 
-    def inner_hessian(self, theta) -> torch.Tensor:
+    def inner_hessian(self, theta: ArrayLike) -> torch.Tensor:
         """``A(theta) = grad^2_{ww} g = X^T X / n + diag(exp(theta))``, ``[d, d]``."""
         t = self._theta(theta)
         return self.X.T @ self.X / self.X.shape[0] + torch.diag(torch.exp(t))
 
-    def w_star(self, theta) -> torch.Tensor:
+    def w_star(self, theta: ArrayLike) -> torch.Tensor:
         """The inner solution ``w*(theta) = A^{-1} X^T y / n``, ``[d]``."""
         A = self.inner_hessian(theta)
         return torch.linalg.solve(A, self.X.T @ self.y / self.X.shape[0])
 
-    def hyperobjective(self, theta) -> torch.Tensor:
+    def hyperobjective(self, theta: ArrayLike) -> torch.Tensor:
         """``F(theta) = f(theta, w*(theta))``, a scalar."""
         t = self._theta(theta)
         return self.outer_loss(t, self.w_star(t))
 
-    def hypergradient(self, theta) -> torch.Tensor:
+    def hypergradient(self, theta: ArrayLike) -> torch.Tensor:
         """Closed-form ``grad F(theta) = -exp(theta) * w* * (A^{-1} grad_w f)``, ``[d]``."""
         t = self._theta(theta)
         A = self.inner_hessian(t)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -23,6 +25,7 @@ import torch
 from . import kernels
 from ._validation import (
     DTYPE,
+    ArrayLike,
     as_tensor,
     check_distribution,
     check_finite,
@@ -65,7 +68,9 @@ class TabularMDP:
     policy iteration, policy evaluation, visitation and the hypergradient run on them.
     """
 
-    def __init__(self, P, gamma: float, rho=None, *, atol: float = 1e-6):
+    def __init__(
+        self, P: Any, gamma: float, rho: ArrayLike | None = None, *, atol: float = 1e-6
+    ) -> None:
         if sp.issparse(P):
             self.transitions = _sparse_transitions(P, atol)
         else:
@@ -129,7 +134,7 @@ class TabularMDP:
         """The same MDP with sparse transitions."""
         return TabularMDP(self.P_sparse, self.gamma, self.rho)
 
-    def replace(self, *, gamma: float | None = None, rho=None) -> TabularMDP:
+    def replace(self, *, gamma: float | None = None, rho: ArrayLike | None = None) -> TabularMDP:
         """A copy with a different ``gamma`` and/or ``rho`` (transitions shared, never mutated)."""
         new = object.__new__(TabularMDP)
         new.transitions = self.transitions
@@ -215,7 +220,7 @@ def _sparse_transitions(P, atol: float) -> kernels.SparseTransitions:
     return kernels.SparseTransitions(P2, A)
 
 
-def check_mdp(mdp) -> TabularMDP:
+def check_mdp(mdp: object) -> TabularMDP:
     """Return ``mdp`` if it is a :class:`TabularMDP`; ``TypeError`` naming the argument otherwise."""
     if not isinstance(mdp, TabularMDP):
         raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
@@ -252,7 +257,7 @@ class TabularTask:
         yield self.mdp
         yield self.r
 
-    def grid(self, values) -> np.ndarray:
+    def grid(self, values: ArrayLike) -> np.ndarray:
         """Arrange a per-state array ``values[S]`` on the map: ``[rows, cols]``, NaN off-states."""
         if self.shape is None or self.cells is None:
             raise ValueError(f"task {self.name!r} has no grid geometry")
@@ -277,7 +282,7 @@ def random_mdp(
     *,
     gamma: float = 0.9,
     support: int | tuple[int, int] | None = None,
-    rho=None,
+    rho: ArrayLike | None = None,
     sparse: bool = False,
 ) -> TabularMDP:
     """A random MDP: each ``P[s, a, :]`` has random weights ``U(0, 1)``, normalized.
@@ -534,7 +539,7 @@ def four_rooms(*, gamma: float = 0.95, slip: float = 0.1, **kwargs) -> TabularTa
 # --------------------------------------------------------------------------------------------
 
 
-def from_gymnasium(env_or_id, *, gamma: float = 0.99, **make_kwargs) -> TabularTask:
+def from_gymnasium(env_or_id: str | gym.Env, *, gamma: float = 0.99, **make_kwargs) -> TabularTask:
     """Read the model of a gymnasium toy-text environment into a :class:`TabularTask`.
 
     Works with any environment whose unwrapped instance exposes the table
@@ -555,8 +560,6 @@ def from_gymnasium(env_or_id, *, gamma: float = 0.99, **make_kwargs) -> TabularT
     Raises:
         ValueError: unknown environment id, or an environment without a tabular model.
     """
-    import gymnasium as gym
-
     if isinstance(env_or_id, str):
         try:
             env = gym.make(env_or_id, **make_kwargs)

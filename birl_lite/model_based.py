@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from . import kernels
-from ._validation import DTYPE, as_tensor, check_finite, check_positive_int, check_real
+from ._validation import DTYPE, ArrayLike, as_tensor, check_finite, check_positive_int, check_real
 from .first_order import hypergradient
 from .linear_solve import ConvergenceWarning
 from .problems import BilevelProblem, _autograd_upper
@@ -156,7 +156,9 @@ class MSoBiRLResult:
         return float(self.history.time.median()) if self.history.time.numel() else float("nan")
 
 
-def amortized_adjoint_step(P_pi, gamma: float, w, b, zeta: float) -> torch.Tensor:
+def amortized_adjoint_step(
+    P_pi: ArrayLike, gamma: float, w: ArrayLike, b: ArrayLike, zeta: float
+) -> torch.Tensor:
     """One gradient step on ``1/2 ||A w - b||^2`` with ``A = (I - gamma P_pi)^T`` (chapter 4, equation (eq-ch4-msobirl)).
 
     ``w_new = w - zeta A^T (A w - b) = w - zeta (I - gamma P_pi) ((I - gamma P_pi)^T w - b)``.
@@ -196,12 +198,12 @@ def _as_problem(problem) -> BilevelProblem:
 
 
 def m_sobirl(
-    problem,
+    problem: BilevelProblem | tuple,
     config: MSoBiRLConfig | None = None,
     *,
-    x0=None,
-    V0=None,
-    w0=None,
+    x0: ArrayLike | None = None,
+    V0: ArrayLike | None = None,
+    w0: ArrayLike | None = None,
     **overrides,
 ) -> MSoBiRLResult:
     """Run M-SoBiRL (chapter 4, equation (eq-ch4-msobirl)), or its exact variant with ``exact=True``.

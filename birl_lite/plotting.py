@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib as mpl
 import numpy as np
 
+from ._validation import ArrayLike
+
 __all__ = ["use_book_style", "BOOK_COLORS", "confidence_band"]
 
 # two-sided 95% quantiles of Student's t with 1..30 degrees of freedom
@@ -40,7 +42,7 @@ def use_book_style() -> None:
     )
 
 
-def confidence_band(samples, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def confidence_band(samples: ArrayLike, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean and half-width of the 95% Student-t confidence interval across ``axis`` (the seeds).
 
     Args:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from ._validation import DTYPE, as_tensor, check_positive_int, check_real, check_tau
+from ._validation import DTYPE, ArrayLike, as_tensor, check_positive_int, check_real, check_tau
 from .first_order import hypergradient, upper_gradients
 from .mdp import TabularTask, gridworld
 from .problems import BilevelProblem
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-def bradley_terry_loss(z, p) -> torch.Tensor:
+def bradley_terry_loss(z: ArrayLike | float, p: ArrayLike | float) -> torch.Tensor:
     """Cross-entropy of the Bradley-Terry model: ``-p log sigmoid(z) - (1 - p) log sigmoid(-z)``.
 
     Stable for any ``z`` (``softplus``): ``p softplus(-z) + (1 - p) softplus(z)``.
@@ -209,7 +209,9 @@ class HypergradientSplit:
     V: torch.Tensor
 
 
-def hypergradient_split(problem: PreferenceProblem, x, V0=None) -> HypergradientSplit:
+def hypergradient_split(
+    problem: PreferenceProblem, x: ArrayLike, V0: ArrayLike | None = None
+) -> HypergradientSplit:
     """The exact (model-based) hypergradient (H1) and its direct / policy-dependence split."""
     x = as_tensor(x, "x").detach()
     res = hypergradient(

@@ -34,6 +34,7 @@ import torch
 
 from ._validation import (
     DTYPE,
+    ArrayLike,
     as_tensor,
     check_finite,
     check_positive_int,
@@ -42,7 +43,7 @@ from ._validation import (
 )
 from .first_order import RewardFn, UpperFn, negative_return
 from .mdp import TabularMDP, TabularTask, check_mdp, four_rooms, random_mdp
-from .soft import soft_policy_iteration
+from .soft import SoftVIResult, soft_policy_iteration
 
 __all__ = [
     "BilevelProblem",
@@ -103,7 +104,7 @@ class BilevelProblem:
         """``n``, the dimension of the upper-level variable ``x``."""
         return self.x0.numel()
 
-    def reward(self, x) -> torch.Tensor:
+    def reward(self, x: ArrayLike) -> torch.Tensor:
         """``r_x [S, A]``, checked for shape and finiteness."""
         x = self._x(x)
         r = self.reward_fn(x)
@@ -117,14 +118,14 @@ class BilevelProblem:
         check_finite(r.detach(), "reward_fn(x)")
         return r
 
-    def dr_dx(self, x) -> torch.Tensor:
+    def dr_dx(self, x: ArrayLike) -> torch.Tensor:
         """``dr_dx [S, A, n]``: the analytic Jacobian if given, else autograd (``torch.func.jacrev``)."""
         x = self._x(x).detach()
         if self.reward_jacobian is not None:
             return self.reward_jacobian(x)
         return torch.func.jacrev(self.reward_fn)(x)
 
-    def upper(self, x, pi) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def upper(self, x: ArrayLike, pi: ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(f, df_dx [n], df_dpi [S, A])`` at ``(x, pi)``: analytic if given, else autograd.
 
         An ``upper_fn`` that does not use ``x`` directly has ``df_dx = 0``.
@@ -135,7 +136,9 @@ class BilevelProblem:
             return self.upper_value_and_grad(x, pi)
         return _autograd_upper(self.upper_fn, x, pi)
 
-    def lower(self, x, V0=None, *, tol: float = 1e-12):
+    def lower(
+        self, x: ArrayLike, V0: ArrayLike | None = None, *, tol: float = 1e-12
+    ) -> SoftVIResult:
         """The lower-level solution at ``x``: soft policy iteration (Newton) to ``tol``.
 
         Returns the :class:`~birl_lite.soft.SoftVIResult` (``V``, ``Q``, ``pi``).
@@ -143,7 +146,7 @@ class BilevelProblem:
         r = self.reward(x).detach()
         return soft_policy_iteration(self.mdp, r, self.tau, V0, tol=tol)
 
-    def phi(self, x, *, tol: float = 1e-12) -> float:
+    def phi(self, x: ArrayLike, *, tol: float = 1e-12) -> float:
         """The hyperobjective ``phi(x) = f(x, pi*_x)`` as a float.
 
         Chapter 2, equation (eq-ch2-bilevel).
@@ -152,7 +155,7 @@ class BilevelProblem:
         pi = self.lower(x, tol=tol).pi
         return float(_scalar(self.upper_fn(x, pi), "upper_fn(x, pi)"))
 
-    def check(self, x=None, *, rtol: float = 1e-8) -> None:
+    def check(self, x: ArrayLike | None = None, *, rtol: float = 1e-8) -> None:
         """Validate the problem at ``x`` (``x0`` by default), raising a clear error if anything is off.
 
         Checks the shapes and finiteness of ``reward_fn`` and ``upper_fn`` and compares the optional
@@ -348,7 +351,7 @@ def reward_design_problem(
     features: str | torch.Tensor = "state",
     lam: float = 1e-3,
     tau: float = 0.1,
-    x0=None,
+    x0: ArrayLike | None = None,
 ) -> BilevelProblem:
     """Reward design (shaping) on a grid map (chapter 2, equation (eq-ch2-design)).
 

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 import torch
 
 from . import kernels
-from ._validation import DTYPE, as_tensor, check_choice, check_positive_int, check_real, check_tau
+from ._validation import (
+    DTYPE,
+    ArrayLike,
+    as_tensor,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_tau,
+)
 from .first_order import (
     RewardFn,
     UpperFn,
@@ -101,10 +109,10 @@ def unrolled_hypergradient(
     mdp: TabularMDP,
     reward_fn: RewardFn,
     upper_fn: UpperFn,
-    x,
+    x: ArrayLike,
     tau: float,
     n_sweeps: int,
-    V0=None,
+    V0: ArrayLike | None = None,
 ) -> ReferenceHypergradient:
     """Iterative differentiation: autograd through ``K = n_sweeps`` soft value-iteration sweeps.
 
@@ -155,7 +163,7 @@ def finite_difference_hypergradient(
     mdp: TabularMDP,
     reward_fn: RewardFn,
     upper_fn: UpperFn,
-    x,
+    x: ArrayLike,
     tau: float,
     eps: float = 1e-5,
     *,
@@ -212,7 +220,7 @@ def _logit_objective(
     return rho @ kernels.evaluate(trans, gamma, pi, r_pi)
 
 
-def logit_objective(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
+def logit_objective(mdp: TabularMDP, r: ArrayLike, tau: float, logits: ArrayLike) -> torch.Tensor:
     """The lower-level objective in softmax-logit space: ``J_tau(theta) = rho^T V^{softmax(theta)}_tau``.
 
     ``V^pi_tau = (I - gamma P_pi)^{-1} (r_pi + tau H(pi))`` is the soft value of
@@ -240,7 +248,7 @@ def logit_objective(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
     return _logit_objective(_dense(mdp), mdp.gamma, mdp.rho, r, tau, logits)
 
 
-def logit_hessian(mdp: TabularMDP, r, tau: float, logits) -> torch.Tensor:
+def logit_hessian(mdp: TabularMDP, r: ArrayLike, tau: float, logits: ArrayLike) -> torch.Tensor:
     """The Hessian of :func:`logit_objective` in the logits, ``[S*A, S*A]`` (row-major ``(s, a)``).
 
     Computed by ``torch.func.hessian`` (forward-over-reverse autograd; cost ``S*A`` Hessian-vector
@@ -274,12 +282,12 @@ def aid_hypergradient(
     mdp: TabularMDP,
     reward_fn: RewardFn,
     upper_fn: UpperFn,
-    x,
+    x: ArrayLike,
     tau: float,
     *,
     damping: float = 0.0,
     method: str = "pinv",
-    logits=None,
+    logits: ArrayLike | None = None,
     rcond: float = 1e-10,
     tol: float = 1e-12,
 ) -> AIDResult:

@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from . import kernels
 from ._validation import (
     DTYPE,
+    ArrayLike,
     as_tensor,
     check_choice,
     check_finite,
@@ -127,7 +129,7 @@ def _check_policy(mdp: TabularMDP, pi, atol: float = 1e-6) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def q_values(mdp: TabularMDP, r, V) -> torch.Tensor:
+def q_values(mdp: TabularMDP, r: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """``Q = r + gamma * P V``: action values of the next-state values ``V``.
 
     Args:
@@ -141,7 +143,7 @@ def q_values(mdp: TabularMDP, r, V) -> torch.Tensor:
     return kernels.q_values(mdp.transitions, mdp.gamma, r, V)
 
 
-def softmax_policy(Q, tau: float) -> torch.Tensor:
+def softmax_policy(Q: ArrayLike, tau: float) -> torch.Tensor:
     """``pi(a|s) = softmax_a(Q(s, .) / tau)``, computed stably (max-subtraction).
 
     Chapter 1, equation (eq-softmax-policy).
@@ -156,13 +158,13 @@ def softmax_policy(Q, tau: float) -> torch.Tensor:
     return kernels.softmax_policy(as_tensor(Q, "Q"), check_tau(tau))
 
 
-def greedy_policy(Q) -> torch.Tensor:
+def greedy_policy(Q: ArrayLike) -> torch.Tensor:
     """The deterministic greedy policy (one-hot ``argmax_a Q(s, a)``, first maximizer on ties)."""
     Q = as_tensor(Q, "Q")
     return torch.nn.functional.one_hot(Q.argmax(dim=-1), Q.shape[-1]).to(DTYPE)
 
 
-def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
+def soft_bellman(mdp: TabularMDP, r: ArrayLike, V: ArrayLike, tau: float) -> torch.Tensor:
     """The soft Bellman optimality operator ``(T V)(s) = tau * logsumexp_a(Q(s, a) / tau)``.
 
     Chapter 1, equation (eq-soft-bellman), with ``Q = r + gamma P V``.
@@ -183,7 +185,7 @@ def soft_bellman(mdp: TabularMDP, r, V, tau: float) -> torch.Tensor:
     return kernels.soft_backup(mdp.transitions, mdp.gamma, r, V, tau)
 
 
-def bellman(mdp: TabularMDP, r, V) -> torch.Tensor:
+def bellman(mdp: TabularMDP, r: ArrayLike, V: ArrayLike) -> torch.Tensor:
     """The (hard) Bellman optimality operator ``(T_0 V)(s) = max_a Q(s, a)``: the ``tau -> 0`` limit."""
     mdp = check_mdp(mdp)
     r = _check_reward(mdp, r)
@@ -223,9 +225,9 @@ def _warn_unconverged(what: str, max_iter: int, residual: float, tol: float, uni
 
 def soft_value_iteration(
     mdp: TabularMDP,
-    r,
+    r: ArrayLike,
     tau: float,
-    V0=None,
+    V0: ArrayLike | None = None,
     *,
     tol: float = 1e-10,
     max_iter: int = 200_000,
@@ -275,9 +277,9 @@ def soft_value_iteration(
 
 def soft_policy_iteration(
     mdp: TabularMDP,
-    r,
+    r: ArrayLike,
     tau: float,
-    V0=None,
+    V0: ArrayLike | None = None,
     *,
     tol: float = 1e-10,
     max_iter: int = 200,
@@ -324,7 +326,12 @@ def soft_policy_iteration(
 
 
 def value_iteration(
-    mdp: TabularMDP, r, V0=None, *, tol: float = 1e-10, max_iter: int = 200_000
+    mdp: TabularMDP,
+    r: ArrayLike,
+    V0: ArrayLike | None = None,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 200_000,
 ) -> SoftVIResult:
     """Hard value iteration ``V_{k+1} = max_a (r + gamma P V_k)``: the ``tau -> 0`` reference.
 
@@ -354,7 +361,7 @@ def value_iteration(
 # --------------------------------------------------------------------------------------------
 
 
-def transition_under(mdp: TabularMDP, pi):
+def transition_under(mdp: TabularMDP, pi: ArrayLike) -> Any:
     """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s, a)``, the state-to-state kernel of ``pi``.
 
     Returns:
@@ -365,12 +372,12 @@ def transition_under(mdp: TabularMDP, pi):
     return kernels.policy_kernel(mdp.transitions, pi)
 
 
-def reward_under(pi, r) -> torch.Tensor:
+def reward_under(pi: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``r_pi[s, ...] = sum_a pi(a|s) r(s, a, ...)``; ``r`` may be vector-valued ``[S, A, ...]``."""
     return kernels.policy_reward(pi, r)
 
 
-def entropy(pi) -> torch.Tensor:
+def entropy(pi: ArrayLike) -> torch.Tensor:
     """Per-state entropy ``H(pi(.|s)) = -sum_a pi log pi`` (``0 log 0 = 0``); ``[S]``."""
     return kernels.entropy(as_tensor(pi, "pi"))
 
@@ -389,8 +396,8 @@ _EVAL_METHODS = {
 
 def evaluate_policy(
     mdp: TabularMDP,
-    pi,
-    r,
+    pi: ArrayLike,
+    r: ArrayLike,
     *,
     tau: float = 0.0,
     method: str = "exact",
@@ -441,7 +448,12 @@ def evaluate_policy(
 
 
 def state_visitation(
-    mdp: TabularMDP, pi, *, rho=None, normalize: bool = False, linear_solver: str = "auto"
+    mdp: TabularMDP,
+    pi: ArrayLike,
+    *,
+    rho: ArrayLike | None = None,
+    normalize: bool = False,
+    linear_solver: str = "auto",
 ) -> torch.Tensor:
     """Discounted state visitation ``d = (I - gamma P_pi^T)^{-1} rho``, ``d(s) = sum_t gamma^t Pr(s_t = s)``.
 
@@ -464,13 +476,13 @@ def state_visitation(
     return d * (1.0 - mdp.gamma) if normalize else d
 
 
-def soft_return(mdp: TabularMDP, pi, r, tau: float) -> torch.Tensor:
+def soft_return(mdp: TabularMDP, pi: ArrayLike, r: ArrayLike, tau: float) -> torch.Tensor:
     """Soft (entropy-regularized) return ``E_{s0 ~ rho}[V^pi_tau(s0)]``, a 0-dim tensor."""
     tau = check_tau(tau)
     return mdp.rho @ evaluate_policy(mdp, pi, r, tau=tau, method="auto")
 
 
-def expected_return(mdp: TabularMDP, pi, r) -> torch.Tensor:
+def expected_return(mdp: TabularMDP, pi: ArrayLike, r: ArrayLike) -> torch.Tensor:
     """Unregularized return ``J(pi) = E_{s0 ~ rho}[V^pi(s0)]`` (``r`` may be vector-valued)."""
     return torch.tensordot(mdp.rho, evaluate_policy(mdp, pi, r, method="auto"), dims=([0], [0]))
 
