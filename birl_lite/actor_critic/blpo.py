@@ -28,6 +28,7 @@ per-operation overhead, not arithmetic, dominates the cost (chapter 9, "Where th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,6 +44,9 @@ from .derivatives import (
     policy_vjp,
 )
 from .ppo import normalize, step_flat, surrogate_partials
+
+if TYPE_CHECKING:  # training imports this module
+    from .training import TrainState
 
 __all__ = [
     "BLPODirection",
@@ -113,7 +117,7 @@ class BLPODirection:
 
 
 def blpo_direction(
-    state,
+    state: TrainState,
     mb: dict[str, torch.Tensor],
     cfg: ACConfig,
     *,
@@ -213,7 +217,7 @@ def blpo_direction(
     return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
 
 
-def blpo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
+def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
     """One minibatch update of ``ppo-nested``, ``blpo-cg`` or ``blpo-nystrom`` (``cfg.algo``).
 
     ``state`` holds ``actor``, ``critic``, their optimizers and parameter lists, and ``gen`` (the

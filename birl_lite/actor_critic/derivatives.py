@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .networks import Actor
+
 __all__ = [
     "MLPActivations",
     "MSEHessian",
@@ -305,7 +307,7 @@ class MSEHessian:
 
 
 @torch.no_grad()
-def policy_log_prob(actor, acts: MLPActivations, actions: torch.Tensor) -> torch.Tensor:
+def policy_log_prob(actor: Actor, acts: MLPActivations, actions: torch.Tensor) -> torch.Tensor:
     """``log pi_theta(a_i|s_i)`` ``[n]`` from the actor network's activations on ``s [n, d]``
     (the same numbers as :meth:`~.networks.Actor.log_prob`). ``actions``: ``[n]`` int64
     (Categorical) or ``[n, act_dim]`` (Gaussian)."""
@@ -314,7 +316,7 @@ def policy_log_prob(actor, acts: MLPActivations, actions: torch.Tensor) -> torch
 
 @torch.no_grad()
 def policy_vjp(
-    actor, acts: MLPActivations, actions: torch.Tensor, dlogp: torch.Tensor
+    actor: Actor, acts: MLPActivations, actions: torch.Tensor, dlogp: torch.Tensor
 ) -> torch.Tensor:
     """``sum_i dlogp_i grad_theta log pi_theta(a_i|s_i)`` for ``B`` cotangents at once.
 

@@ -10,9 +10,14 @@ minibatch, advantages computed once per rollout from the rollout critic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .config import ACConfig
+
+if TYPE_CHECKING:  # training imports this module
+    from .training import TrainState
 
 __all__ = [
     "clipped_surrogate",
@@ -74,7 +79,10 @@ def _set_grads(params: list[torch.Tensor], flat: torch.Tensor) -> None:
 
 
 def step_flat(
-    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flat: torch.Tensor, max_norm
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    flat: torch.Tensor,
+    max_norm: float,
 ) -> None:
     """:func:`step` for a flat gradient: clip its norm to ``max_norm`` (the scaling of
     ``torch.nn.utils.clip_grad_norm_``) and take an optimizer step."""
@@ -83,7 +91,7 @@ def step_flat(
     optimizer.step()
 
 
-def ppo_update(state, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
+def ppo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
     """One PPO minibatch update (joint actor and critic step). ``state`` holds ``actor``,
     ``critic`` and their optimizers; ``mb`` the minibatch tensors ``[T, m, ...]``.
     Returns diagnostics (``critic_loss``)."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._validation import DTYPE, as_tensor, check_positive_int, check_real
+from .._validation import DTYPE, ArrayLike, as_tensor, check_positive_int, check_real
 from ..ihvp import ihvp_cg, ihvp_exact, ihvp_nystrom, make_hvp
 from ..mdp import TabularMDP, random_mdp, random_reward
 from ..soft import reward_under, transition_under
@@ -272,14 +272,14 @@ class SampledHypergradient:
 
 def sampled_hypergradient(
     problem: TabularBLPOProblem,
-    w,
+    w: ArrayLike,
     n: int,
     *,
     seed: int = 0,
     solver: str = "exact",
     rank: int | None = None,
     damping: float = 0.0,
-    u=None,
+    u: ArrayLike | None = None,
     strict: bool = True,
 ) -> SampledHypergradient:
     """BLPO's estimator of the hypergradient from ``n`` sampled episodes (chapter 8, equation

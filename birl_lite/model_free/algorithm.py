@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .. import kernels
-from .._validation import DTYPE, as_tensor, check_choice, check_positive_int, check_real
+from .._validation import DTYPE, ArrayLike, as_tensor, check_choice, check_positive_int, check_real
 from .critics import _CRITICS
 from .estimators import _ESTIMATORS, hypergradient_from_batch
 from .problem import ModelFreeProblem
@@ -142,8 +142,8 @@ def sobirl(
     problem: ModelFreeProblem,
     config: SoBiRLConfig | None = None,
     *,
-    x0=None,
-    Q0=None,
+    x0: ArrayLike | None = None,
+    Q0: ArrayLike | None = None,
     evaluate: Callable[[torch.Tensor], float] | None = None,
     **overrides,
 ) -> SoBiRLResult:

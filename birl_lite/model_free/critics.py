@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import kernels
-from .._validation import DTYPE, as_tensor, check_choice, check_positive_int
+from .._validation import DTYPE, ArrayLike, as_tensor, check_choice, check_positive_int
 from .sampling import _TERMINAL, Transitions, _check_policy, _table
 
 __all__ = ["mc_returns", "Critic", "fit_critic"]
@@ -79,10 +79,10 @@ class Critic:
 
 def fit_critic(
     batch: Transitions,
-    pi,
-    dr_dx,
+    pi: ArrayLike,
+    dr_dx: ArrayLike,
     tau: float,
-    r=None,
+    r: ArrayLike | None = None,
     *,
     method: str = "td",
     terminal: str = "absorbing",

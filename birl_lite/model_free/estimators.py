@@ -26,13 +26,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import gymnasium as gym
 import torch
 
-from .._validation import DTYPE, as_tensor, check_choice, check_gamma, check_real, check_tau
+from .._validation import (
+    DTYPE,
+    ArrayLike,
+    as_tensor,
+    check_choice,
+    check_gamma,
+    check_real,
+    check_tau,
+)
 from ..first_order import RewardFn, UpperFn, upper_gradients
 from ..first_order import reward_jacobian as _autograd_jacobian
 from .critics import _CRITICS, Critic, fit_critic
-from .sampling import Transitions, _check_policy, _table, discrete_spaces, sample_transitions
+from .sampling import (
+    SeedLike,
+    Transitions,
+    _check_policy,
+    _table,
+    discrete_spaces,
+    sample_transitions,
+)
 
 __all__ = ["SampledHypergradient", "hypergradient_from_batch", "sampled_hypergradient"]
 
@@ -69,11 +85,11 @@ class SampledHypergradient:
 
 def hypergradient_from_batch(
     batch: Transitions,
-    pi,
-    x,
+    pi: ArrayLike,
+    x: ArrayLike,
     tau: float,
-    r,
-    dr_dx,
+    r: ArrayLike,
+    dr_dx: ArrayLike,
     *,
     upper_fn: UpperFn | None = None,
     return_weight: float = 1.0,
@@ -146,12 +162,12 @@ def hypergradient_from_batch(
 
 
 def sampled_hypergradient(
-    env,
+    env: gym.Env,
     reward_fn: RewardFn,
-    x,
+    x: ArrayLike,
     tau: float,
     gamma: float,
-    pi,
+    pi: ArrayLike,
     n_transitions: int,
     *,
     upper_fn: UpperFn | None = None,
@@ -160,7 +176,7 @@ def sampled_hypergradient(
     estimator: str = "full",
     terminal: str = "absorbing",
     reward_jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    seed=0,
+    seed: SeedLike = 0,
 ) -> SampledHypergradient:
     """The model-free hypergradient of ``phi(x) = f(x, pi*_x)`` from samples of ``env`` (chapter 5).
 

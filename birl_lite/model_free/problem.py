@@ -21,6 +21,7 @@ from .._validation import as_tensor, check_choice, check_gamma, check_real, chec
 from ..envs import TabularEnv
 from ..first_order import RewardFn, UpperFn
 from ..first_order import reward_jacobian as _autograd_jacobian
+from ..problems import BilevelProblem
 from .sampling import _TERMINAL, discrete_spaces
 
 __all__ = ["ModelFreeProblem", "model_free_problem"]
@@ -78,7 +79,9 @@ class ModelFreeProblem:
         return _autograd_jacobian(self.reward_fn, x)
 
 
-def model_free_problem(problem, *, max_episode_steps: int | None = None) -> ModelFreeProblem:
+def model_free_problem(
+    problem: BilevelProblem, *, max_episode_steps: int | None = None
+) -> ModelFreeProblem:
     """The model-free view of a reward-design problem (:func:`~birl_lite.problems.reward_design_problem`).
 
     The exact problem is ``min_x -J_env(pi*_x) + lam/2 ||x||^2`` with the agent's reward

@@ -39,9 +39,12 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from .._validation import as_tensor, check_finite, check_gamma, check_positive_int
+from .._validation import ArrayLike, as_tensor, check_finite, check_gamma, check_positive_int
 
 __all__ = ["discrete_spaces", "Transitions", "sample_transitions"]
+
+#: A seed: an int, a list or tuple of ints, or a ``numpy.random.Generator`` (used as is).
+SeedLike = int | list[int] | tuple[int, ...] | np.random.Generator
 
 
 # the conventions for what follows ``terminated`` (module docstring)
@@ -53,7 +56,7 @@ _TERMINAL = ("absorbing", "zero")
 # --------------------------------------------------------------------------------------------
 
 
-def discrete_spaces(env) -> tuple[int, int]:
+def discrete_spaces(env: gym.Env) -> tuple[int, int]:
     """``(S, A)`` of a gymnasium environment with ``Discrete`` observation and action spaces.
 
     Raises:
@@ -206,7 +209,9 @@ class Transitions:
         return Transitions(**cat, n_states=b0.n_states, n_actions=b0.n_actions, gamma=b0.gamma)
 
 
-def sample_transitions(env, pi, n_transitions: int, gamma: float, *, seed=0) -> Transitions:
+def sample_transitions(
+    env: gym.Env, pi: ArrayLike, n_transitions: int, gamma: float, *, seed: SeedLike = 0
+) -> Transitions:
     """Sample at least ``n_transitions`` steps of ``pi`` in ``env``, episodes restarted geometrically.
 
     After every step the episode ends with probability ``1 - gamma`` (and on ``terminated`` /

@@ -21,19 +21,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from .. import kernels
 from .._validation import (
     DTYPE,
+    ArrayLike,
     check_choice,
     check_gamma,
     check_positive_int,
     check_real,
     check_tau,
 )
-from .sampling import _TERMINAL, Transitions, _draw, _rng, _table, _Walker, discrete_spaces
+from .sampling import (
+    _TERMINAL,
+    SeedLike,
+    Transitions,
+    _draw,
+    _rng,
+    _table,
+    _Walker,
+    discrete_spaces,
+)
 
 __all__ = [
     "StepSize",
@@ -153,18 +164,18 @@ class SoftQResult:
 
 
 def soft_q_learning(
-    env,
-    r,
+    env: gym.Env,
+    r: ArrayLike,
     tau: float,
     gamma: float,
     n_transitions: int,
     *,
-    Q0=None,
+    Q0: ArrayLike | None = None,
     step_size: StepSize | None = None,
     behaviour: str = "softmax",
     terminal: str = "absorbing",
     env_reward: bool = False,
-    seed=0,
+    seed: SeedLike = 0,
 ) -> SoftQResult:
     """Tabular soft Q-learning on ``env`` with the designed reward ``r`` (chapter 5).
 
