@@ -346,52 +346,63 @@ def reward_vjp(
     x_ = x.clone().requires_grad_(True)
     with torch.enable_grad():
         r = _call_reward(reward_fn, x_, mdp) if mdp is not None else reward_fn(x_).to(DTYPE)
-        if tuple(c.shape) != tuple(r.shape):
-            raise ValueError(
-                f"cotangent must have the shape of reward_fn(x), {tuple(r.shape)}, "
-                f"got {tuple(c.shape)}"
-            )
-        if not r.requires_grad:
-            g = torch.zeros_like(x)
-            probe = None
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            probe = torch.randn(r.shape, generator=gen, dtype=DTYPE) if check else None
-            outs = torch.stack([c, probe]) if probe is not None else c.unsqueeze(0)
-            grads = [
-                torch.autograd.grad(r, x_, grad_outputs=o, retain_graph=True, allow_unused=True)[0]
-                for o in outs
-            ]
-            grads = [torch.zeros_like(x) if gi is None else gi.detach() for gi in grads]
-            g = grads[0]
-    if check:
-        _check_against_differences(
-            reward_fn, x, r.detach(), probe, grads[1] if probe is not None else None, seed
+    if tuple(c.shape) != tuple(r.shape):
+        raise ValueError(
+            f"cotangent must have the shape of reward_fn(x), {tuple(r.shape)}, got {tuple(c.shape)}"
         )
+    g = _vjp(r, x_, c)
+    if check:
+        _check_vjp(reward_fn, x, r.detach(), c, g, seed)
     return g
 
 
-def _check_against_differences(reward_fn, x, r, probe, probe_grad, seed: int) -> None:
-    """``probe^T (r(x + eps u) - r(x - eps u)) / (2 eps)`` must equal ``(J^T probe)^T u``."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    u = torch.randn(x.shape, generator=gen, dtype=DTYPE)
+def _vjp(r: torch.Tensor, x_: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``J^T c`` from the graph of ``r = reward_fn(x_)`` (zeros where ``r`` does not depend on x)."""
+    if not r.requires_grad:
+        return torch.zeros_like(x_).detach()
+    (g,) = torch.autograd.grad(r, x_, grad_outputs=c.to(r.dtype), allow_unused=True)
+    return torch.zeros_like(x_).detach() if g is None else g.detach().to(DTYPE)
+
+
+def _difference(reward_fn: RewardFn, x: torch.Tensor, seed: int):
+    """A random unit direction ``u`` and ``(r(x + eps u) - r(x - eps u)) / (2 eps)``."""
+    u = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=DTYPE)
     u = u / u.norm()
     eps = 1e-6 * max(1.0, float(x.abs().max()))
-    if probe is None:
-        probe = torch.randn(r.shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
-        probe_grad = torch.zeros_like(x)
     with torch.no_grad():
         diff = (reward_fn(x + eps * u).to(DTYPE) - reward_fn(x - eps * u).to(DTYPE)) / (2 * eps)
-    fd = float((probe * diff).sum())
-    ad = float(probe_grad @ u)
-    scale = float(probe.norm() * diff.norm()) + abs(ad) + 1e-300
+    return u, diff
+
+
+_LEAK = (
+    "reward_fn: its autograd derivative disagrees with finite differences along a random "
+    "direction ({ad:.6g} vs {fd:.6g}); reward_fn probably leaves autograd (.item(), .detach(), "
+    "numpy, in-place ops on a copy). Write it with torch operations on x, or pass "
+    "check_reward=False if the disagreement is expected (a non-smooth reward)."
+)
+
+
+def _check_vjp(reward_fn, x, r, c, g, seed: int) -> None:
+    """``c^T (r(x + eps u) - r(x - eps u)) / (2 eps)`` must equal ``g^T u`` with ``g = J^T c``.
+
+    It costs two calls of ``reward_fn`` and no other derivative. A term that autograd misses
+    changes ``g`` by some ``m != 0``, which a random ``u`` sees with probability one."""
+    u, diff = _difference(reward_fn, x, seed)
+    fd, ad = float((c * diff).sum()), float(g @ u)
+    scale = float(c.norm() * diff.norm()) + abs(ad) + 1e-300
     if abs(fd - ad) > 1e-4 * scale + 1e-12 * max(1.0, float(r.abs().max())):
-        raise ValueError(
-            "reward_fn: its autograd derivative disagrees with finite differences along a random "
-            f"direction ({ad:.6g} vs {fd:.6g}); reward_fn probably leaves autograd (.item(), "
-            ".detach(), numpy, in-place ops on a copy). Write it with torch operations on x, or "
-            "pass check_reward=False if the disagreement is expected (a non-smooth reward)."
-        )
+        raise ValueError(_LEAK.format(ad=ad, fd=fd))
+
+
+def _check_jacobian(reward_fn, x, r, dr_dx, seed: int) -> None:
+    """The Jacobian along a random direction must match a central difference of ``reward_fn``."""
+    u, diff = _difference(reward_fn, x, seed)
+    Ju = dr_dx @ u
+    err = float((Ju - diff).abs().max())
+    scale = float(Ju.abs().max()) + float(diff.abs().max())
+    if err > 1e-4 * scale + 1e-12 * max(1.0, float(r.abs().max())):
+        k = int((Ju - diff).abs().argmax())
+        raise ValueError(_LEAK.format(ad=float(Ju.reshape(-1)[k]), fd=float(diff.reshape(-1)[k])))
 
 
 def _forward(
@@ -515,8 +526,10 @@ def hypergradient(
 
     # (1) forward solve of the lower level
     t0 = time.perf_counter()
-    with torch.no_grad():
-        r = _call_reward(reward_fn, x, mdp).detach()
+    x_ = x.clone().requires_grad_(form == "H2")  # (H2) keeps the graph of r_x for its one VJP
+    with torch.enable_grad() if form == "H2" else torch.no_grad():
+        r_graph = _call_reward(reward_fn, x_, mdp)
+    r = r_graph.detach()
     sol, fwd_residual, fwd_tol = _forward(mdp, r, tau, forward, V0, tol, max_iter, method)
     V, Q, pi = sol.V.detach(), sol.Q.detach(), sol.pi.detach()
     timings["forward"] = time.perf_counter() - t0
@@ -542,7 +555,7 @@ def hypergradient(
         t0 = time.perf_counter()
         dr_dx = reward_jacobian(reward_fn, x)
         if check_reward:
-            reward_vjp(reward_fn, x, torch.zeros_like(r), check=True)
+            _check_jacobian(reward_fn, x, r, dr_dx, seed=0)
         timings["jacobian"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         Phi = kernels.policy_reward(pi, dr_dx)  # Phi_x(s) = sum_a pi(a|s) grad_x r(s, a), [S, n]
@@ -578,7 +591,10 @@ def hypergradient(
         t0 = time.perf_counter()
         # grad phi = grad_x f + (1/tau) J_r^T c,  c = G - pi w: one vector-Jacobian product
         c = G - pi * w.unsqueeze(1)
-        grad = df_dx + reward_vjp(reward_fn, x, c, mdp, check=check_reward) / tau
+        g = _vjp(r_graph, x_, c)
+        if check_reward:
+            _check_vjp(reward_fn, x, r, c, g, seed=0)
+        grad = df_dx + g / tau
         timings["vjp"] = time.perf_counter() - t0
         info.update(w=w, b=b, linear_iterations=lin.iterations)
         result = HypergradientResult(
