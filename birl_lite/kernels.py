@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -156,6 +157,8 @@ class SparseTransitions:
 
 
 Transitions = DenseTransitions | SparseTransitions
+#: ``P_pi``: a dense ``[S, S]`` tensor (dense backend) or a scipy CSR matrix (sparse backend).
+PolicyKernel = torch.Tensor | sp.csr_matrix
 
 
 def _no_autograd(t: torch.Tensor) -> None:
@@ -212,7 +215,7 @@ def policy_reward(pi: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.einsum("sa,sa...->s...", pi, r)
 
 
-def policy_kernel(trans: Transitions, pi: torch.Tensor):
+def policy_kernel(trans: Transitions, pi: torch.Tensor) -> PolicyKernel:
     """``P_pi(s, s') = sum_a pi(a|s) P(s'|s, a)``: a dense tensor or a scipy CSR matrix ``[S, S]``."""
     return trans.policy_kernel(pi)
 
@@ -223,7 +226,7 @@ def policy_kernel(trans: Transitions, pi: torch.Tensor):
 
 
 def solve_policy_system(
-    P_pi,
+    P_pi: PolicyKernel,
     gamma: float,
     b: torch.Tensor,
     *,
@@ -284,7 +287,7 @@ def _one_blas_thread():
 
 
 def policy_system_residual(
-    P_pi, gamma: float, x: torch.Tensor, b: torch.Tensor, *, transpose: bool = False
+    P_pi: PolicyKernel, gamma: float, x: torch.Tensor, b: torch.Tensor, *, transpose: bool = False
 ) -> float:
     """``||(I - gamma P_pi) x - b||_inf`` (or with ``P_pi^T``), for a dense or sparse ``P_pi``."""
     if isinstance(P_pi, torch.Tensor):
@@ -351,7 +354,9 @@ def residual_floor(scale: float) -> float:
     return 32 * torch.finfo(DTYPE).eps * max(1.0, scale)
 
 
-def fixed_point(step, V: torch.Tensor, tol: float, max_iter: int):
+def fixed_point(
+    step: Callable[[torch.Tensor], torch.Tensor], V: torch.Tensor, tol: float, max_iter: int
+) -> tuple[torch.Tensor, list[float], bool]:
     """Iterate ``V <- step(V)`` until the sup-norm change is ``<= tol``: ``(V, changes, converged)``.
 
     The nonlinear sweeps of the book (soft and hard value iteration) use it; linear sweeps are

@@ -9,8 +9,6 @@ import importlib
 import inspect
 import pkgutil
 
-import pytest
-
 import birl_lite
 
 
@@ -57,14 +55,4 @@ def test_array_like_is_exported():
 
 
 def test_public_functions_are_annotated():
-    # birl_lite.kernels is checked by the next test (it is being annotated separately).
-    assert missing_annotations(skip_modules=("birl_lite.kernels",)) == []
-
-
-@pytest.mark.skip(
-    reason="birl_lite/kernels.py still lacks annotations (policy_kernel, solve_policy_system, "
-    "policy_system_residual, fixed_point); it is edited elsewhere: remove this mark once they are in"
-)
-def test_kernels_are_annotated():
-    all_gaps = missing_annotations()
-    assert [gap for gap in all_gaps if gap.startswith("birl_lite.kernels ")] == []
+    assert missing_annotations() == []
