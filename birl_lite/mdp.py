@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -69,7 +68,12 @@ class TabularMDP:
     """
 
     def __init__(
-        self, P: Any, gamma: float, rho: ArrayLike | None = None, *, atol: float = 1e-6
+        self,
+        P: ArrayLike | sp.spmatrix | sp.sparray,
+        gamma: float,
+        rho: ArrayLike | None = None,
+        *,
+        atol: float = 1e-6,
     ) -> None:
         if sp.issparse(P):
             self.transitions = _sparse_transitions(P, atol)

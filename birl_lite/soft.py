@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -361,7 +360,7 @@ def value_iteration(
 # --------------------------------------------------------------------------------------------
 
 
-def transition_under(mdp: TabularMDP, pi: ArrayLike) -> Any:
+def transition_under(mdp: TabularMDP, pi: ArrayLike) -> kernels.PolicyKernel:
     """``P_pi[s, s'] = sum_a pi(a|s) P(s'|s, a)``, the state-to-state kernel of ``pi``.
 
     Returns:
