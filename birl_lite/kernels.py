@@ -16,7 +16,7 @@ Transitions come in two backends with one interface (chapter 1, section "The mod
   Values are computed in numpy and returned as torch tensors (no autograd through ``P``).
 
 The formulas (chapter 1, equations (eq-soft-bellman), (eq-softmax-policy), (eq-soft-eval) and
-(eq-newton); chapter 3, equations (eq-dV) and (eq-H2)):
+(eq-newton); chapter 3, equations (eq-dV) and (eq-H2))::
 
     Q = r + gamma P V                       q_values
     (T V)(s) = tau logsumexp_a Q(s, a)/tau  soft_backup, soft_max

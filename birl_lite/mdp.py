@@ -62,7 +62,7 @@ class TabularMDP:
 
     Every tensor is ``torch.float64``. Rewards are kept separately (a bilevel problem changes the
     reward, never the dynamics). The transition backend used by the tabular core
-    (:mod:`birl_lite.kernels`) is :attr:`transitions`; dense MDPs also expose the tensor
+    (:mod:`birl_lite.kernels`) is ``transitions``; dense MDPs also expose the tensor
     :attr:`P`. Sparse MDPs scale to millions of states (chapter 3, section on large MDPs): soft
     policy iteration, policy evaluation, visitation and the hypergradient run on them.
     """

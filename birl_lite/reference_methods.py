@@ -306,7 +306,7 @@ def aid_hypergradient(
     and an ``O((S*A)^3)`` factorization, against one ``S x S`` solve for (H2).
 
     Args:
-        mdp, reward_fn, upper_fn, x, tau: as :func:`hypergradient`.
+        mdp, reward_fn, upper_fn, x, tau: as :func:`~birl_lite.first_order.hypergradient`.
         damping: ``lambda >= 0`` added to the diagonal of ``H``.
         method: ``"pinv"`` or ``"solve"``.
         logits: where to take the Hessian; the optimal logits ``log pi*_x`` (soft policy
