@@ -159,6 +159,11 @@ def mlp_row(S: int = 500, hidden: int = 133, control: bool = True) -> dict:
     t_h2, _ = best(
         lambda: hypergradient(mdp, reward_fn, upper_fn, x, TAU, upper_value_and_grad=uvg)
     )
+    t_h2_unchecked, _ = best(
+        lambda: hypergradient(
+            mdp, reward_fn, upper_fn, x, TAU, upper_value_and_grad=uvg, check_reward=False
+        )
+    )
     if control:  # the [S, A, n] Jacobian of (H1), one backward pass per entry of r
         t_jac, J = best(
             lambda: torch.autograd.functional.jacobian(reward_fn, x, vectorize=False), repeats=1
@@ -172,6 +177,7 @@ def mlp_row(S: int = 500, hidden: int = 133, control: bool = True) -> dict:
         "vjp": t_vjp,
         "hypergradient_h2": t_h2,
         "ratio": t_h2 / (t_fwd + t_vjp),
+        "ratio_unchecked": t_h2_unchecked / (t_fwd + t_vjp),
         "jacobian": t_jac,
         "jacobian_mb": J.numel() * 8 / 2**20,
     }
