@@ -5,23 +5,35 @@ Example (the committed results of chapter 9)::
     python -m birl_lite.experiments --algos ppo ppo-nested blpo-cg blpo-nystrom \\
         --envs CartPole-v1 Acrobot-v1 --seeds 0 1 2 3 4 --steps 500000 --out results/blpo
 
-Each run writes ``<out>/<env_id>__<algo>[__<overrides>]__seed<seed>.json`` atomically (a
-temporary file in the same folder, then ``os.replace``), holding the configuration, the learning
-curve (env steps, mean of the last 20 episode returns, wall time after every rollout), every
-completed training episode (env steps, return), the final return (mean of the last 20 training
-episodes) and the wall time. A run whose file exists is skipped, so an interrupted command is
-resumed by running it again: finished runs are kept, the interrupted one starts over. Runs are
-ordered seed-major (seed 0 of every env and algorithm first) so that partial results are useful.
+Each run writes ``<out>/<env_id>__<algo>[__<overrides>]__steps<N>__seed<seed>.json`` atomically
+(a uniquely named temporary file in the same folder, then ``os.replace``; strict JSON, no NaN),
+holding the full configuration, the learning curve (env steps, mean of the last 20 episode
+returns, wall time after every rollout), every completed training episode (env steps, return),
+the final return (mean of the last 20 training episodes) and the wall time.
+
+Resuming and safety: a run whose finished file holds the *same* configuration is skipped, so an
+interrupted command is resumed by running it again (the interrupted run starts over); a finished
+file with another configuration (say, after a change of the package defaults) stops the command
+with an error naming the differing fields, never a silent reuse. The output folder is checked for
+writing before any training. A run is claimed by an exclusive lock file
+(``<file>.lock``, holding host and pid), so two commands on one folder share the work instead of
+redoing it; a lock left by a dead process on this host is taken over. A corrupted results file is
+reported, moved aside (``<file>.corrupt``) and rerun. Runs are ordered seed-major (seed 0 of every
+env and algorithm first) so that partial results are useful.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
+import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +42,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from ._io import write_json_atomic
 from .actor_critic.config import ALGOS, ACConfig, make_config
 from .actor_critic.training import train
 from .plotting import confidence_band
@@ -62,14 +75,28 @@ def _suffix(overrides: dict) -> str:
     return "".join(f"__{k}={v}" for k, v in sorted(overrides.items()))
 
 
-def _parse_value(text: str):
-    for cast in (int, float):
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _parse_value(text: str, kind: str, name: str) -> Any:
+    """``--set`` values by the field's declared type (``bool``, ``int``, ``float``, ``str``)."""
+    if kind == "bool":
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"--set {name}: expected true/false (or yes/no, 1/0), got {text!r}")
+    if kind == "int":
         try:
-            return cast(text)
+            return int(text)
         except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
+            raise ValueError(f"--set {name}: expected an integer, got {text!r}") from None
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--set {name}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--set {name}: expected a finite number, got {text!r}")
+        return value
     return text
 
 
@@ -96,36 +123,118 @@ def plan_runs(
         for env_id in envs:
             for algo in algos:
                 cfg = make_config(algo, env_id, total_steps=int(steps), seed=int(seed), **overrides)
-                name = f"{env_id}__{algo}{_suffix(overrides)}__seed{seed}.json"
+                name = f"{env_id}__{algo}{_suffix(overrides)}__steps{int(steps)}__seed{seed}.json"
                 runs.append(Run(cfg, out / name))
     return runs
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: a temporary file in the same folder, then
-    ``os.replace`` (a reader sees the old file or the complete new one, never a partial one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _is_finished(path: Path) -> bool:
+def _read_record(path: Path) -> dict | None:
+    """The record of ``path``; ``None`` if there is no file. A file that is not a JSON object is
+    reported (``warnings.warn``), moved aside to ``<file>.corrupt`` and treated as missing."""
     try:
         with open(path) as f:
-            return bool(json.load(f).get("complete"))
-    except (OSError, ValueError):
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        record, why = None, f"unreadable ({exc})"
+    else:
+        why = None if isinstance(record, dict) else f"not a JSON object ({type(record).__name__})"
+    if why is not None:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(
+            f"results file {path} is corrupted: {why}; moved to {aside.name}, the run is redone",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return record
+
+
+def _config_difference(stored: dict, planned: dict) -> list[str]:
+    return sorted(k for k in set(stored) | set(planned) if stored.get(k) != planned.get(k))
+
+
+def _is_finished(run: Run) -> bool:
+    """Whether ``run`` has a finished results file with its configuration.
+
+    Raises:
+        ValueError: a finished file with another configuration is in the way.
+    """
+    record = _read_record(run.path)
+    if record is None or not record.get("complete"):
         return False
+    diff = _config_difference(record.get("config", {}), run.config.to_dict())
+    if diff:
+        raise ValueError(
+            f"results file {run.path} holds a finished run with another configuration "
+            f"(differs in {diff}); delete it, or write to another --out folder"
+        )
+    return True
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file there: fail before training, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write results into {folder}: {exc}") from exc
+
+
+class _Lock:
+    """An exclusive claim on one run: ``<results file>.lock`` created with ``O_EXCL``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.held = False
+
+    def acquire(self) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        """A lock of a process of this host that no longer runs."""
+        try:
+            with open(self.path) as f:
+                owner = json.load(f)
+            host, pid = owner["host"], int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # being written right now, or foreign: leave it
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.held = False
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def run_one(run: Run, progress: Any = None) -> dict:
@@ -145,11 +254,13 @@ def run_one(run: Run, progress: Any = None) -> dict:
         "seed": cfg.seed,
         "total_steps": cfg.total_steps,
         "config": cfg.to_dict(),
-        "final_return": res.final_return,
+        "final_return": _finite_or_none(res.final_return),
         "wall_time": res.wall_time,
         "curve": {
             "steps": res.curve_steps,
-            "return_last20": [None if r != r else round(r, 3) for r in res.curve_return],
+            "return_last20": [
+                None if not math.isfinite(r) else round(r, 3) for r in res.curve_return
+            ],
             "wall": [round(w, 3) for w in res.curve_wall],
         },
         "episodes": {
@@ -167,29 +278,50 @@ def run_one(run: Run, progress: Any = None) -> dict:
 
 
 def run_experiment(runs: Sequence[Run], *, progress: bool = True) -> dict[str, int]:
-    """Run every run whose results file is missing; returns counts ``{"run", "skipped"}``."""
+    """Run every run without a finished results file of the same configuration.
+
+    Returns counts ``{"run", "skipped", "locked"}`` (``locked``: claimed by another command).
+
+    Raises:
+        OSError: an output folder cannot be written (checked before any training).
+        ValueError: a finished results file with another configuration is in the way.
+    """
     from tqdm.auto import tqdm
 
-    todo = [r for r in runs if not _is_finished(r.path)]
-    counts = {"run": 0, "skipped": len(runs) - len(todo)}
+    for folder in sorted({r.path.parent for r in runs}):
+        _check_writable(folder)
+    todo = [r for r in runs if not _is_finished(r)]
+    counts = {"run": 0, "skipped": len(runs) - len(todo), "locked": 0}
     outer = tqdm(
         total=len(runs), initial=counts["skipped"], desc="runs", disable=not progress, position=0
     )
     try:
         for run in todo:
-            cfg = run.config
-            inner = tqdm(
-                total=cfg.total_steps,
-                desc=f"{cfg.env_id} {cfg.algo} seed {cfg.seed}",
-                unit="step",
-                leave=False,
-                disable=not progress,
-                position=1,
-            )
+            lock = _Lock(run.path)
+            if not lock.acquire():
+                counts["locked"] += 1
+                outer.update(1)
+                continue
             try:
-                run_one(run, inner)
+                if _is_finished(run):  # finished by another command since the plan was made
+                    counts["skipped"] += 1
+                    outer.update(1)
+                    continue
+                cfg = run.config
+                inner = tqdm(
+                    total=cfg.total_steps,
+                    desc=f"{cfg.env_id} {cfg.algo} seed {cfg.seed}",
+                    unit="step",
+                    leave=False,
+                    disable=not progress,
+                    position=1,
+                )
+                try:
+                    run_one(run, inner)
+                finally:
+                    inner.close()
             finally:
-                inner.close()
+                lock.release()
             counts["run"] += 1
             outer.update(1)
     finally:
@@ -204,7 +336,11 @@ def load_results(folder: str | os.PathLike) -> list[dict]:
         try:
             with open(p) as f:
                 rec = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable results file {p}: {exc}", RuntimeWarning, 2)
+            continue
+        if not isinstance(rec, dict):
+            warnings.warn(f"skipping results file {p}: not a JSON object", RuntimeWarning, 2)
             continue
         if rec.get("complete"):
             rec["file"] = p.name
@@ -216,14 +352,30 @@ def run_label(record: dict) -> str:
     """``algo`` plus the overrides that name the file (``blpo-nystrom__nystrom_rank=10``)."""
     name = record.get("file", "")
     parts = name.removesuffix(".json").split("__")
-    return "__".join(parts[1:-1]) if len(parts) >= 3 else record["algo"]
+    parts = [p for p in parts[1:] if not (p.startswith("steps") or p.startswith("seed"))]
+    return "__".join(parts) if parts else record["algo"]
 
 
 def group_results(records: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Records grouped by ``(env_id, run_label)``, seeds in increasing order."""
+    """Records grouped by ``(env_id, run_label)``, seeds in increasing order.
+
+    Raises:
+        ValueError: two records of one group differ in anything but the seed (a summary would
+            mix, say, two budgets).
+    """
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         groups.setdefault((rec["env_id"], run_label(rec)), []).append(rec)
+    for key, recs in groups.items():
+        first = {k: v for k, v in recs[0].get("config", {}).items() if k != "seed"}
+        for rec in recs[1:]:
+            other = {k: v for k, v in rec.get("config", {}).items() if k != "seed"}
+            diff = _config_difference(first, other)
+            if diff:
+                raise ValueError(
+                    f"results of {key} mix configurations ({recs[0].get('file')} and "
+                    f"{rec.get('file')} differ in {diff}): load one setting per folder"
+                )
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
 
 
@@ -326,11 +478,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     overrides = {}
+    types = {f.name: f.type for f in fields(ACConfig)}
     for item in args.set:
         if "=" not in item:
             parser.error(f"--set expects FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        overrides[k] = _parse_value(v)
+        if k not in types:
+            parser.error(f"unknown config field {k!r}; known: {sorted(types)}")
+        try:
+            overrides[k] = _parse_value(v, types[k], k)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.rank is not None:
         if args.rank < 1:
             parser.error(f"--rank must be an integer >= 1, got {args.rank}")
@@ -346,10 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     torch.set_num_threads(1)
-    counts = run_experiment(runs, progress=not args.no_progress)
+    try:
+        counts = run_experiment(runs, progress=not args.no_progress)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"{counts['run']} runs trained, {counts['skipped']} already finished, "
-        f"results in {args.out}",
+        f"{counts['locked']} claimed by another command; results in {args.out}",
         file=sys.stderr,
     )
     return 0

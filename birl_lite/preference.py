@@ -30,8 +30,6 @@ chapter into one JSON file per seed (atomic writes; finished seeds are skipped).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 
 from . import kernels
+from ._io import write_json_atomic
 from ._validation import DTYPE, ArrayLike, as_tensor, check_positive_int, check_real, check_tau
 from .first_order import hypergradient, upper_gradients
 from .mdp import TabularTask, gridworld
@@ -322,12 +321,6 @@ def run_seed(
     return out
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     """CLI: the chapter 6 seed sweep, one JSON file per seed and setting (resumable)."""
     parser = argparse.ArgumentParser(
@@ -349,11 +342,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for m in args.misleading:
         for seed in args.seeds:
-            path = args.out / f"misleading{m:g}_seed{seed}.json"
+            # the name holds every setting of the run, so another setting never reuses it
+            path = (
+                args.out / f"misleading{m:g}_niter{args.n_iter}_beta{args.beta:g}_seed{seed}.json"
+            )
             if path.exists():
                 print(f"skip {path.name} (done)")
                 continue
-            _write_atomic(path, run_seed(seed, n_iter=args.n_iter, beta=args.beta, misleading=m))
+            data = run_seed(seed, n_iter=args.n_iter, beta=args.beta, misleading=m)
+            write_json_atomic(path, data)
             print(f"wrote {path.name}")
 
 

@@ -386,3 +386,18 @@ def test_training_module_and_train_function_have_different_names():
     for info in pkgutil.iter_modules(ac.__path__):
         module = importlib.import_module(f"birl_lite.actor_critic.{info.name}")
         assert getattr(ac, info.name) is module, info.name
+
+
+def test_act_numpy_follows_a_dtype_change():
+    """The numpy views of the weights are rebuilt after .double() (they went stale before)."""
+    import numpy as np
+
+    from birl_lite.actor_critic.networks import Actor
+
+    actor = Actor(4, 2, True, 8, torch.Generator().manual_seed(0))
+    obs = np.zeros((16, 4), dtype=np.float32)
+    actor.act_numpy(obs, np.random.default_rng(0))  # builds the cached views
+    actor.double()
+    with torch.no_grad():
+        actor.net[4].bias.copy_(torch.tensor([0.0, 100.0], dtype=torch.float64))
+    assert (actor.act_numpy(obs, np.random.default_rng(0)) == 1).all()

@@ -13,7 +13,7 @@ STEPS = 512  # one rollout of 4 envs x 128 steps
 
 def test_resumed_experiment_skips_finished_runs_and_loses_none(tmp_path, monkeypatch):
     runs = plan_runs(["ppo"], ["CartPole-v1"], [0, 1], STEPS, tmp_path)
-    assert run_experiment(runs, progress=False) == {"run": 2, "skipped": 0}
+    assert run_experiment(runs, progress=False) == {"run": 2, "skipped": 0, "locked": 0}
     stamps = {r.path: (r.path.stat().st_mtime_ns, r.path.read_bytes()) for r in runs}
 
     # a third seed, and an interruption during the fourth: finished files survive untouched
@@ -38,7 +38,7 @@ def test_resumed_experiment_skips_finished_runs_and_loses_none(tmp_path, monkeyp
 
     # resuming finishes the interrupted run only
     monkeypatch.setattr(experiments, "train", real_train)
-    assert run_experiment(more, progress=False) == {"run": 1, "skipped": 3}
+    assert run_experiment(more, progress=False) == {"run": 1, "skipped": 3, "locked": 0}
     recs = load_results(tmp_path)
     assert [r["seed"] for r in recs] == [0, 1, 2, 3]
     rec = recs[0]
@@ -51,8 +51,11 @@ def test_resumed_experiment_skips_finished_runs_and_loses_none(tmp_path, monkeyp
 def test_partial_file_is_not_a_finished_run(tmp_path):
     runs = plan_runs(["ppo"], ["CartPole-v1"], [0], STEPS, tmp_path)
     runs[0].path.write_text('{"complete": tr')  # a torn write from some other tool
-    assert run_experiment(runs, progress=False) == {"run": 1, "skipped": 0}
+    with pytest.warns(RuntimeWarning, match="corrupted"):
+        assert run_experiment(runs, progress=False) == {"run": 1, "skipped": 0, "locked": 0}
     assert json.loads(runs[0].path.read_text())["complete"] is True
+    # reported and kept aside, not silently overwritten
+    assert (tmp_path / (runs[0].path.name + ".corrupt")).read_text() == '{"complete": tr'
 
 
 def test_write_json_atomic_leaves_no_temporary(tmp_path):
@@ -73,7 +76,7 @@ def test_plan_is_seed_major_and_names_overrides(tmp_path):
         {"nystrom_rank": 10},
     )
     assert [r.config.seed for r in runs] == [0] * 4 + [1] * 4
-    assert runs[1].path.name == "CartPole-v1__blpo-nystrom__nystrom_rank=10__seed0.json"
+    assert runs[1].path.name == "CartPole-v1__blpo-nystrom__nystrom_rank=10__steps1000__seed0.json"
     assert runs[1].config.nystrom_rank == 10
 
 
@@ -124,7 +127,8 @@ def _record(env, algo, seed, finals, wall, file_extra=""):
         "total_steps": 30,
         "final_return": finals[-1],
         "wall_time": wall,
-        "file": f"{env}__{algo}{file_extra}__seed{seed}.json",
+        "file": f"{env}__{algo}{file_extra}__steps30__seed{seed}.json",
+        "config": {"algo": algo, "env_id": env, "seed": seed, "total_steps": 30},
         "curve": {"steps": [10, 20, 30], "return_last20": finals, "wall": [1, 2, 3]},
     }
 
@@ -147,3 +151,113 @@ def test_summary_table_and_curve_band():
     assert band.n == 2 and band.mean[2] == 4.0
     assert band.hi[2] - band.mean[2] == pytest.approx(12.706 * 2**0.5 / 2**0.5)
     assert steps_to_threshold(recs[0], 2.5) == 30 and steps_to_threshold(recs[0], 9) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability: the name identifies the run, the folder is checked first, overrides are typed,
+# locks, strict JSON, no side effects of train() on torch's global state
+# ---------------------------------------------------------------------------------------------
+
+
+def test_another_budget_is_another_run_and_a_changed_config_is_refused(tmp_path, monkeypatch):
+    short = plan_runs(["ppo"], ["CartPole-v1"], [0], STEPS, tmp_path)
+    longer = plan_runs(["ppo"], ["CartPole-v1"], [0], 2 * STEPS, tmp_path)
+    assert short[0].path != longer[0].path
+    assert run_experiment(short, progress=False)["run"] == 1
+    # the same name with another configuration (e.g. changed defaults) stops the command
+    record = json.loads(short[0].path.read_text())
+    record["config"]["critic_lr"] = 0.5
+    short[0].path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"another configuration .*critic_lr"):
+        run_experiment(short, progress=False)
+
+
+def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the folder should be")
+    calls = []
+    monkeypatch.setattr(experiments, "train", lambda cfg, **kw: calls.append(cfg))
+    runs = plan_runs(["ppo"], ["CartPole-v1"], [0], STEPS, blocker)
+    with pytest.raises(OSError, match="cannot write results"):
+        run_experiment(runs, progress=False)
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("anneal_lr=maybe", "expected true/false"),
+        ("log_std_init=nan", "expected a finite number"),
+        ("hidden=1.5", "expected an integer"),
+    ],
+)
+def test_cli_overrides_are_typed(tmp_path, capsys, item, message):
+    with pytest.raises(SystemExit):
+        main(["--set", item, "--out", str(tmp_path), "--no-progress"])
+    assert message in capsys.readouterr().err
+
+
+def test_cli_boolean_words(tmp_path, monkeypatch):
+    seen = []
+    counts = {"run": 0, "skipped": 0, "locked": 0}
+    monkeypatch.setattr(
+        experiments, "run_experiment", lambda runs, **kw: seen.extend(runs) or counts
+    )
+    main(["--set", "anneal_lr=no", "--out", str(tmp_path), "--no-progress", "--algos", "ppo"])
+    assert seen and seen[0].config.anneal_lr is False
+
+
+def test_config_rejects_wrong_types_and_non_finite_values():
+    from birl_lite.actor_critic.config import make_config
+
+    with pytest.raises(TypeError, match="anneal_lr must be a bool"):
+        make_config("ppo", "CartPole-v1", anneal_lr="no")
+    with pytest.raises(ValueError, match="log_std_init must be finite"):
+        make_config("ppo", "Pendulum-v1", log_std_init=float("nan"))
+
+
+def test_locks_share_work_and_stale_locks_are_taken_over(tmp_path, monkeypatch):
+    runs = plan_runs(["ppo"], ["CartPole-v1"], [0, 1], STEPS, tmp_path)
+    # seed 0 is claimed by a live process (this one): it is left to that process
+    live = runs[0].path.with_name(runs[0].path.name + ".lock")
+    import socket
+
+    live.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    # seed 1 carries the lock of a dead process: it is taken over
+    dead = runs[1].path.with_name(runs[1].path.name + ".lock")
+    dead.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
+    counts = run_experiment(runs, progress=False)
+    assert counts == {"run": 1, "skipped": 0, "locked": 1}
+    assert not runs[0].path.exists() and runs[1].path.exists()
+    assert live.exists() and not dead.exists()
+
+
+def test_write_json_atomic_is_strict(tmp_path):
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "x.json", {"a": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_group_results_refuses_mixed_budgets():
+    from birl_lite.experiments import group_results
+
+    a = _record("E", "ppo", 0, [1.0, 2.0, 3.0], 1.0)
+    b = _record("E", "ppo", 1, [1.0, 2.0, 3.0], 1.0)
+    b["config"]["total_steps"] = 60
+    with pytest.raises(ValueError, match="mix configurations"):
+        group_results([a, b])
+
+
+def test_train_leaves_torch_global_state_alone():
+    import torch
+
+    from birl_lite.actor_critic import train
+    from birl_lite.actor_critic.config import make_config
+
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    train(make_config("ppo", "CartPole-v1", total_steps=STEPS, seed=7), threads=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads

@@ -65,7 +65,7 @@ def test_train_full_decreases_phi_and_is_deterministic():
 
 def test_cli_writes_per_seed_files_and_resumes(tmp_path, capsys):
     main(["--seeds", "0", "--out", str(tmp_path), "--n-iter", "2", "--misleading", "1"])
-    path = tmp_path / "misleading1_seed0.json"
+    path = tmp_path / "misleading1_niter2_beta2_seed0.json"
     data = json.loads(path.read_text())
     assert (
         set(data["full"]) >= {"coverage", "true_return", "loss"} and len(data["full"]["loss"]) == 3

@@ -146,6 +146,28 @@ class ACConfig:
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs ({self.num_envs}): "
                 "minibatches are whole env segments"
             )
+        for name in ("anneal_lr", "norm_adv", "normalize_obs", "normalize_reward"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+        for name in (
+            "gamma",
+            "gae_lambda",
+            "clip_coef",
+            "actor_lr",
+            "critic_lr",
+            "ent_coef",
+            "max_grad_norm",
+            "nystrom_damping",
+            "cg_damping",
+            "correction_bound",
+            "log_std_init",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a real number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
         if not 0.0 <= self.gae_lambda <= 1.0:

@@ -111,12 +111,18 @@ class Actor(nn.Module):
         ent = 0.5 + 0.5 * math.log(2 * math.pi) + self.log_std.sum()
         return ent.expand(out.shape[:-1])
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 (torch's signature)
+        # .double(), .float(), .to(...) replace the parameter tensors: drop the numpy views
+        self._np = None
+        return super()._apply(fn, *args, **kwargs)
+
     def act_numpy(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Sample actions for a batch ``obs [n, obs_dim]`` (float32) with a numpy forward pass.
 
         Discrete: Gumbel-max sampling ``argmax(logits + Gumbel)``; continuous:
         ``mean + std * N(0, 1)`` (unclipped; the rollout clips what it sends to the env).
-        Uses views of the current weights (no copy), so it always sees the latest parameters.
+        Uses views of the current weights (no copy), so it always sees the latest parameters; the
+        views are rebuilt after a dtype or device change (``.double()``, ``.to(...)``).
         """
         if self._np is None:
             layers = (self.net[0], self.net[2], self.net[4])

@@ -159,7 +159,9 @@ def train(
     Args:
         cfg: the hyperparameters.
         callback: called after every rollout update as ``callback(env_steps, result_so_far)``.
-        threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is); the previous
+            thread count is restored afterwards, and torch's global random state too (the run
+            seeds a forked generator).
         update: a minibatch update ``update(state, minibatch, cfg)`` to use instead of the one
             ``cfg.algo`` selects (for variants such as the benchmark's hand-derived PPO); it
             gets the same minibatches, with the GAE matrices unless ``cfg.algo == "ppo"``.
@@ -171,9 +173,24 @@ def train(
         raise TypeError(f"cfg must be an ACConfig, got {type(cfg).__name__}")
     if update is not None and not callable(update):
         raise TypeError(f"update must be callable, got {type(update).__name__}")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
-    torch.manual_seed(cfg.seed)
+    try:
+        # seed a private copy of torch's global generator: the caller's random state is untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return _train_seeded(cfg, callback, update)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_seeded(
+    cfg: ACConfig,
+    callback: Callable[[int, TrainResult], None] | None,
+    update: Callable[[TrainState, dict, ACConfig], dict] | None,
+) -> TrainResult:
+    """The body of :func:`train`, run with torch's generator seeded by ``cfg.seed``."""
     envs = make_vector_env(cfg.env_id, cfg.num_envs)
     try:
         envs.action_space.seed(cfg.seed)
