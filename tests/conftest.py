@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 CHAPTER_TESTS = {
     "01": ("test_mdp", "test_soft", "test_kernels", "test_envs", "test_exercises"),
     "02": ("test_problems",),
-    "03": ("test_hypergradient",),
+    "03": ("test_hypergradient", "test_ch03_claims"),
     "04": ("test_model_based",),
     "05": ("test_model_free",),
     "06": ("test_preference",),

@@ -56,3 +56,25 @@ def test_checker_accepts_numpy_views_with_negative_strides(capsys):
 
     assert check_mc_returns(mc_returns_reversed_view)
     assert "PASS" in capsys.readouterr().out
+
+
+def test_lower_level_share_checker(capsys):
+    """Exercise 3.6: the share of the hypergradient that flows through the policy."""
+    from birl_lite.exercises import check_lower_level_share
+    from birl_lite.first_order import hypergradient, upper_gradients
+
+    def share(mdp, reward_fn, upper_fn, x, tau, form="H2"):
+        h = hypergradient(mdp, reward_fn, upper_fn, x, tau, form=form)
+        _, df_dx, _ = upper_gradients(upper_fn, x, h.pi)
+        return (h.grad - df_dx).norm() / h.grad.norm()
+
+    def ratio_of_norms(mdp, reward_fn, upper_fn, x, tau):
+        h = hypergradient(mdp, reward_fn, upper_fn, x, tau)
+        _, df_dx, _ = upper_gradients(upper_fn, x, h.pi)
+        return (h.grad.norm() - df_dx.norm()).abs() / h.grad.norm()
+
+    assert check_lower_level_share(share)
+    assert check_lower_level_share(lambda *a: float(share(*a, form="H1")))
+    assert "PASS" in capsys.readouterr().out
+    assert not check_lower_level_share(ratio_of_norms)
+    assert "FAIL on case 0" in capsys.readouterr().out

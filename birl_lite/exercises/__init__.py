@@ -6,7 +6,7 @@ on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and return
 
 from .ch01 import check_soft_bellman
 from .ch02 import check_hyperobjective
-from .ch03 import check_adjoint, check_h1
+from .ch03 import check_adjoint, check_h1, check_lower_level_share
 from .ch04 import check_adjoint_step
 from .ch05 import check_mc_returns
 from .ch06 import check_bradley_terry_loss
@@ -22,6 +22,7 @@ __all__ = [
     "check_gae",
     "check_h1",
     "check_hyperobjective",
+    "check_lower_level_share",
     "check_mc_returns",
     "check_soft_bellman",
     "check_woodbury",

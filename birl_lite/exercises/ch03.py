@@ -2,6 +2,8 @@
 
 * :func:`check_h1`: the reader implements the closed form (H1) from its ingredients.
 * :func:`check_adjoint`: the reader implements the adjoint vector ``w`` of (H2).
+* :func:`check_lower_level_share`: the reader measures the control that ignores the lower level
+  (exercise 3.6), ``||grad phi - grad_x f(x, pi*)|| / ||grad phi||``.
 
 Each checker draws random instances (seeded), computes the reference with
 :func:`birl_lite.first_order.hypergradient`, prints ``PASS`` or ``FAIL`` with the first mismatch,
@@ -20,7 +22,7 @@ from ..first_order import hypergradient, upper_gradients
 from ..mdp import TabularMDP, random_mdp
 from ._common import Case, run_cases
 
-__all__ = ["check_h1", "check_adjoint"]
+__all__ = ["check_h1", "check_adjoint", "check_lower_level_share"]
 
 _TAUS = (0.05, 0.3, 1.0, 3.0)
 _GAMMAS = (0.5, 0.8, 0.95)
@@ -106,3 +108,41 @@ def check_adjoint(
             yield Case(label=f"S={S}, A={A}, gamma={mdp.gamma}", args=(mdp, pi, G), expected=w_ref)
 
     return run_cases(fn, cases(), what="the adjoint of (H2)", rtol=rtol, relative_norm=True)
+
+
+def check_lower_level_share(
+    fn: Callable[..., float | torch.Tensor],
+    n_cases: int = 20,
+    seed: int = 0,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+) -> bool:
+    """Check a reader's measure of the control that ignores the lower level (exercise 3.6).
+
+    ``fn(mdp, reward_fn, upper_fn, x, tau) -> share`` must return the relative error of the
+    direct term alone, ``||grad phi(x) - grad_x f(x, pi*_x)|| / ||grad phi(x)||``: the share of the
+    hypergradient that flows through the optimal policy (chapter 3, section 3.10). A comparison of
+    hypergradient methods is informative only where this share is large.
+
+    Returns:
+        ``True`` if ``fn`` matches the reference (computed with
+        :func:`~birl_lite.first_order.hypergradient` and
+        :func:`~birl_lite.first_order.upper_gradients`) within ``atol + rtol * share`` on all
+        cases (an absolute floor because some shares are tiny, about ``1e-10``, and a difference
+        of two nearly equal gradients carries round-off of about ``1e-16 / share`` relative).
+    """
+    n_cases = check_positive_int(n_cases, "n_cases")
+
+    def cases():
+        for k in range(n_cases):
+            mdp, reward_fn, upper_fn, x, tau = _case(k, seed)
+            ref = hypergradient(mdp, reward_fn, upper_fn, x, tau, form="H2")
+            _, df_dx, _ = upper_gradients(upper_fn, x, ref.pi)
+            share = (ref.grad - df_dx).norm() / ref.grad.norm()
+            yield Case(
+                label=f"S={mdp.n_states}, A={mdp.n_actions}, n={x.numel()}, tau={tau}",
+                args=(mdp, reward_fn, upper_fn, x, tau),
+                expected=share,
+            )
+
+    return run_cases(fn, cases(), what="the share of the lower level", atol=atol, rtol=rtol)
