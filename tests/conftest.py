@@ -12,14 +12,21 @@ torch.set_num_threads(1)
 
 #: test modules of each chapter (the notebook ``chapters/NN_*.ipynb`` is added automatically)
 CHAPTER_TESTS = {
-    "01": ("test_mdp", "test_soft", "test_kernels", "test_envs", "test_exercises"),
-    "02": ("test_problems",),
+    "01": (
+        "test_mdp",
+        "test_soft",
+        "test_kernels",
+        "test_envs",
+        "test_exercises",
+        "test_ch01_claims",
+    ),
+    "02": ("test_problems", "test_ch02_claims"),
     "03": ("test_hypergradient", "test_ch03_claims"),
     "04": ("test_model_based",),
     "05": ("test_model_free",),
     "06": ("test_preference",),
     "07": ("test_ihvp", "test_linear_solve"),
-    "08": ("test_actor_critic",),
+    "08": ("test_actor_critic", "test_learning"),
     "09": ("test_experiments",),
 }
 
