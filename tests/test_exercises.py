@@ -58,6 +58,25 @@ def test_checker_accepts_numpy_views_with_negative_strides(capsys):
     assert "PASS" in capsys.readouterr().out
 
 
+def test_logit_hessian_checker(capsys):
+    """Exercise 1.5: the closed-form logit Hessian at the optimum, unnormalized visitation."""
+    import birl_lite as bl
+    from birl_lite.exercises import check_logit_hessian
+
+    def closed_form(P, rho, gamma, pi, tau, normalize=False, sign=1.0):
+        d = bl.state_visitation(bl.TabularMDP(P, gamma=gamma, rho=rho), pi, normalize=normalize)
+        blocks = [d[s] * (torch.diag(p) - torch.outer(p, p)) for s, p in enumerate(pi)]
+        return -sign * tau * torch.block_diag(*blocks)
+
+    assert check_logit_hessian(closed_form)
+    out = capsys.readouterr().out
+    assert "PASS" in out and "in 20/20 cases" in out
+    assert not check_logit_hessian(lambda *a: closed_form(*a, normalize=True))
+    assert "FAIL on case 0" in capsys.readouterr().out
+    assert not check_logit_hessian(lambda *a: closed_form(*a, sign=-1.0))
+    assert "FAIL on case 0" in capsys.readouterr().out
+
+
 def test_lower_level_share_checker(capsys):
     """Exercise 3.6: the share of the hypergradient that flows through the policy."""
     from birl_lite.exercises import check_lower_level_share

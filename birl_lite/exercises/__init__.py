@@ -4,7 +4,7 @@ Each checker runs the reader's function against the reference implementation of 
 on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and returns a bool.
 """
 
-from .ch01 import check_soft_bellman
+from .ch01 import check_logit_hessian, check_soft_bellman
 from .ch02 import check_hyperobjective
 from .ch03 import check_adjoint, check_h1, check_lower_level_share
 from .ch04 import check_adjoint_step
@@ -22,6 +22,7 @@ __all__ = [
     "check_gae",
     "check_h1",
     "check_hyperobjective",
+    "check_logit_hessian",
     "check_lower_level_share",
     "check_mc_returns",
     "check_soft_bellman",
