@@ -63,6 +63,17 @@ class MSoBiRLConfig:
         record_true_grad: also record ``phi(x_k)`` and ``||grad phi(x_k)||`` from the exact
             hypergradient (:func:`birl_lite.first_order.hypergradient`); outside the timings.
         record_iterates: also record every iterate ``x_k``.
+        adjoint: how the amortized variant updates ``w`` (ignored when ``exact``): ``"gradient"``
+            (the paper's step on ``1/2 ||A_k w - b_k||^2`` with step size ``zeta``), ``"sweep"``
+            (the fixed-point sweep ``w <- b_k + gamma P_{pi_k}^T w`` of chapter 3, a contraction
+            with factor ``gamma`` in the l1 norm; no step size) or ``"exact"`` (the
+            solve ``A_k w = b_k``, with the lower level still amortized). ``n_adjoint_steps``
+            steps of the first two per outer step.
+        direction: the update direction ``h_k``: ``"h2"`` (the (H2) estimate, the algorithm) or
+            one of two negative controls of chapter 4 that ignore part of the lower level:
+            ``"myopic"`` keeps only the immediate-reward part of the bracket of (H1), i.e.
+            ``w(s) = sum_a G_k(s, a)`` (exercise 3.3's truncated bracket, ``gamma = 0`` in the
+            adjoint), and ``"direct"`` uses ``h_k = grad_x f(x_k, pi_k)`` alone.
     """
 
     beta: float = 8e-3
@@ -76,8 +87,18 @@ class MSoBiRLConfig:
     forward_tol: float = 1e-12
     record_true_grad: bool = False
     record_iterates: bool = False
+    adjoint: str = "gradient"
+    direction: str = "h2"
 
     def __post_init__(self) -> None:
+        if self.adjoint not in ("gradient", "sweep", "exact"):
+            raise ValueError(
+                f"adjoint must be 'gradient', 'sweep' or 'exact', got {self.adjoint!r}"
+            )
+        if self.direction not in ("h2", "myopic", "direct"):
+            raise ValueError(
+                f"direction must be 'h2', 'myopic' or 'direct', got {self.direction!r}"
+            )
         for name in ("beta", "zeta", "forward_tol"):
             value = check_real(getattr(self, name), name)
             if not (value > 0 and math.isfinite(value)):
@@ -256,6 +277,9 @@ def m_sobirl(
     if trans.sparse:
         raise TypeError("m_sobirl: the problem's MDP must have dense transitions")
     beta, zeta, N, m = cfg.beta, cfg.zeta, cfg.n_sweeps, cfg.n_adjoint_steps
+    exact_adjoint = cfg.exact or cfg.adjoint == "exact"
+    sweep_adjoint = cfg.adjoint == "sweep"
+    h2_direction, myopic_direction = cfg.direction == "h2", cfg.direction == "myopic"
     reward_fn = problem.reward_fn
     jacobian = problem.reward_jacobian or (lambda z: torch.func.jacrev(reward_fn)(z))
     upper = problem.upper_value_and_grad or (lambda z, p: _autograd_upper(problem.upper_fn, z, p))
@@ -305,15 +329,25 @@ def m_sobirl(
             b = kernels.adjoint_rhs(trans, gamma, G)
             P_pi = kernels.policy_kernel(trans, pi)
             # 3. adjoint: gradient step(s) on 1/2 ||A w - b||^2, A = (I - gamma P_pi)^T (exact: solve)
-            if cfg.exact:
+            if exact_adjoint:
                 w = kernels.solve_policy_system(P_pi, gamma, b, transpose=True).x
+            elif sweep_adjoint:  # w <- b + gamma P_pi^T w (chapter 3's adjoint sweep)
+                for _ in range(m):
+                    w = torch.addmv(b, P_pi.T, w, alpha=gamma)
             else:
                 for _ in range(m):
                     w = kernels.adjoint_gradient_step(P_pi, gamma, w, b, zeta)
             # 4. hypergradient estimate (H2): grad_x f + (1/tau) sum_{s,a} (G - pi w) grad_x r
-            J = jacobian(x).reshape(S * A, n)
-            coef = (G - pi * w.unsqueeze(1)).view(-1)
-            h = torch.addmv(df_dx, J.T, coef, alpha=inv_tau)
+            if h2_direction:
+                J = jacobian(x).reshape(S * A, n)
+                coef = (G - pi * w.unsqueeze(1)).view(-1)
+                h = torch.addmv(df_dx, J.T, coef, alpha=inv_tau)
+            elif myopic_direction:  # negative control: w(s) = sum_a G(s, a)
+                J = jacobian(x).reshape(S * A, n)
+                coef = (G - pi * G.sum(dim=1, keepdim=True)).view(-1)
+                h = torch.addmv(df_dx, J.T, coef, alpha=inv_tau)
+            else:  # negative control "direct": grad_x f only
+                h = df_dx.clone()
             h_norm = torch.linalg.vector_norm(h)
             h_hist.append(h_norm)
             if cfg.tol > 0 and float(h_norm) <= cfg.tol:

@@ -19,6 +19,12 @@ Builders:
   ``gamma = 0.5``), ``r_x(s, a) = c[s, a] x^T M x``, ``f = ||x||^2 / 2 + sum pi^2 / 2``; global
   optimum ``phi* = 1`` at ``x = 0``. Every random quantity (the instance *and* ``x0``) is drawn from
   ``seed``, so two calls with the same seed give the same problem.
+* :func:`inverse_rl_problem`: maximum-likelihood inverse RL on a random MDP: state rewards
+  ``r_x(s, a) = r0[s, a] + F[s] . x``, ``f`` = the expected negative log-likelihood of expert
+  state-action pairs; global optimum ``phi* = n_demos sum_s mu_E(s) H(pi_E(.|s))`` at the hidden
+  expert weights. The policy sees ``x`` only through the values of future states, so an update
+  that ignores the lower level (or keeps only the immediate-reward part of the hypergradient)
+  cannot move (chapter 4).
 * :func:`reward_design_problem`: reward shaping on a grid map, ``r_x = r_env + features @ x``,
   ``f = -J_designer(pi*_x) + lam / 2 ||x||^2`` with ``J_designer`` the unregularized return of the
   task's own reward.
@@ -43,11 +49,12 @@ from ._validation import (
 )
 from .first_order import RewardFn, UpperFn, negative_return
 from .mdp import TabularMDP, TabularTask, check_mdp, four_rooms, random_mdp
-from .soft import SoftVIResult, soft_policy_iteration
+from .soft import SoftVIResult, soft_policy_iteration, state_visitation
 
 __all__ = [
     "BilevelProblem",
     "synthetic_problem",
+    "inverse_rl_problem",
     "reward_design_problem",
     "shaping_features",
 ]
@@ -307,6 +314,119 @@ def synthetic_problem(
         upper_value_and_grad=upper_value_and_grad,
         name=f"synthetic (seed {seed})",
         info={"c": c, "M": M, "phi_star": 0.5 * S / A, "x_star": torch.zeros(n, dtype=DTYPE)},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Maximum-likelihood inverse RL with state rewards
+# --------------------------------------------------------------------------------------------
+
+
+def inverse_rl_problem(
+    seed: int = 0,
+    *,
+    n_states: int = 10,
+    n_actions: int = 5,
+    dim: int = 3,
+    gamma: float = 0.5,
+    tau: float = 1.0,
+    n_demos: float = 100.0,
+    expert_scale: float = 3.0,
+    support: int | tuple[int, int] | None = None,
+) -> BilevelProblem:
+    """Maximum-likelihood inverse RL on a random MDP (chapter 4, section "a problem where the lower level matters").
+
+    An expert acts soft-optimally (temperature ``tau``) for the reward ``r_{x_E}``; the learner
+    knows the dynamics, the base reward ``r0`` and the state features ``F``, and looks for the
+    weights ``x`` whose soft-optimal policy best explains ``n_demos`` expert state-action pairs
+    drawn from the expert's normalized discounted visitation ``mu_E``:
+
+        r_x(s, a) = r0[s, a] + F[s] . x        (the weights act on states, not on actions)
+        f(x, pi)  = -n_demos sum_{s, a} mu_E(s) pi_E(a|s) log pi(a|s)     (expected negative log-likelihood)
+
+    ``phi(x) - phi* = n_demos sum_s mu_E(s) KL(pi_E(.|s) || pi*_x(.|s)) >= 0`` with
+    ``phi* = n_demos sum_s mu_E(s) H(pi_E(.|s))``, attained at ``x = x_E``: the global optimum is
+    known exactly. ``f`` does not depend on ``x`` directly (``df_dx = 0``), and since
+    ``grad_x r_x(s, a)`` is the same for every action, the immediate-reward part
+    ``grad_x r - sum_a pi grad_x r`` of the bracket of (H1) vanishes: ``pi*_x`` depends on ``x``
+    only through the values of future states, ``gamma P grad_x V*``. An update that ignores the
+    lower level, or keeps only that immediate part (exercise 3.3's truncated bracket), is
+    identically zero here.
+
+    Reproducible from ``seed``: ``P`` from ``random_mdp(S, A, seed, gamma=gamma, support=support)``, then
+    ``(r0, F, x_E, x0)`` in this order from ``numpy.random.default_rng([seed, 2])``: ``r0`` and
+    ``F`` standard normal, ``x_E ~ N(0, expert_scale^2 I)``, ``x0 ~ N(0, I)``.
+
+    Args:
+        seed: the seed of the instance and of ``x0``.
+        n_states, n_actions, dim: ``S``, ``A`` and ``n`` (the number of reward weights).
+        gamma: discount factor.
+        tau: temperature of the expert and of the learner.
+        n_demos: number of expert state-action pairs (scales ``f``; ``> 0``).
+        expert_scale: standard deviation of the expert's weights ``x_E``.
+        support: number of next states of each ``(s, a)``, as in :func:`~birl_lite.mdp.random_mdp`
+            (``None``: every state; an int ``k``: ``k`` random next states).
+
+    Returns:
+        A :class:`BilevelProblem` with analytic ``reward_jacobian`` (``F`` broadcast over actions)
+        and ``upper_value_and_grad`` (``df_dx = 0``, ``df_dpi = -n_demos mu_E pi_E / pi``);
+        ``info`` holds ``r0``, ``F``, ``x_star`` (``= x_E``), ``pi_E``, ``mu_E`` and ``phi_star``.
+    """
+    S = check_positive_int(n_states, "n_states", 2)
+    A = check_positive_int(n_actions, "n_actions", 2)
+    n = check_positive_int(dim, "dim")
+    seed = check_positive_int(seed, "seed", 0)
+    tau = check_tau(tau)
+    n_demos = check_real(n_demos, "n_demos")
+    expert_scale = check_real(expert_scale, "expert_scale")
+    if not (n_demos > 0 and np.isfinite(n_demos)):
+        raise ValueError(f"n_demos must be a finite number > 0, got {n_demos}")
+    if not (expert_scale >= 0 and np.isfinite(expert_scale)):
+        raise ValueError(f"expert_scale must be a finite number >= 0, got {expert_scale}")
+    mdp = random_mdp(S, A, seed, gamma=gamma, support=support)
+    rng = np.random.default_rng([seed, 2])
+    r0 = torch.as_tensor(rng.standard_normal(size=(S, A)), dtype=DTYPE)
+    F = torch.as_tensor(rng.standard_normal(size=(S, n)), dtype=DTYPE)
+    x_E = torch.as_tensor(expert_scale * rng.standard_normal(size=n), dtype=DTYPE)
+    x0 = torch.as_tensor(rng.standard_normal(size=n), dtype=DTYPE)
+    jac = F.unsqueeze(1).expand(S, A, n).contiguous()  # dr_dx[s, a] = F[s] for every a
+
+    def reward_fn(x: torch.Tensor) -> torch.Tensor:
+        return r0 + torch.mv(F, x).unsqueeze(1)
+
+    def reward_jacobian(x: torch.Tensor) -> torch.Tensor:
+        return jac
+
+    pi_E = soft_policy_iteration(mdp, reward_fn(x_E), tau, tol=1e-13).pi
+    mu_E = state_visitation(mdp, pi_E)
+    mu_E = mu_E / mu_E.sum()
+    W = n_demos * mu_E.unsqueeze(1) * pi_E  # weight of log pi(a|s) in -f
+    phi_star = float(-(W * torch.log(pi_E)).sum())
+
+    def upper_fn(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        return -(W * torch.log(pi)).sum()
+
+    def upper_value_and_grad(x: torch.Tensor, pi: torch.Tensor):
+        return -(W * torch.log(pi)).sum(), torch.zeros_like(x), -W / pi
+
+    return BilevelProblem(
+        mdp=mdp,
+        reward_fn=reward_fn,
+        upper_fn=upper_fn,
+        x0=x0,
+        tau=tau,
+        reward_jacobian=reward_jacobian,
+        upper_value_and_grad=upper_value_and_grad,
+        name=f"maximum-likelihood inverse RL (seed {seed})",
+        info={
+            "r0": r0,
+            "F": F,
+            "x_star": x_E,
+            "pi_E": pi_E,
+            "mu_E": mu_E,
+            "phi_star": phi_star,
+            "n_demos": n_demos,
+        },
     )
 
 

@@ -22,7 +22,7 @@ CHAPTER_TESTS = {
     ),
     "02": ("test_problems", "test_ch02_claims"),
     "03": ("test_hypergradient", "test_ch03_claims"),
-    "04": ("test_model_based",),
+    "04": ("test_model_based", "test_ch04_claims"),
     "05": ("test_model_free",),
     "06": ("test_preference",),
     "07": ("test_ihvp", "test_linear_solve"),

@@ -5,9 +5,9 @@ on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and return
 """
 
 from .ch01 import check_logit_hessian, check_soft_bellman
-from .ch02 import check_hyperobjective
+from .ch02 import check_hyperobjective, check_potential_shaping
 from .ch03 import check_adjoint, check_h1, check_lower_level_share
-from .ch04 import check_adjoint_step
+from .ch04 import check_adjoint_step, check_myopic_direction
 from .ch05 import check_mc_returns
 from .ch06 import check_bradley_terry_loss
 from .ch07 import check_woodbury
@@ -25,6 +25,8 @@ __all__ = [
     "check_logit_hessian",
     "check_lower_level_share",
     "check_mc_returns",
+    "check_myopic_direction",
+    "check_potential_shaping",
     "check_soft_bellman",
     "check_woodbury",
 ]
