@@ -20,6 +20,10 @@ writing before any training. A run is claimed by an exclusive lock file
 redoing it; a lock left by a dead process on this host is taken over. A corrupted results file is
 reported, moved aside (``<file>.corrupt``) and rerun. Runs are ordered seed-major (seed 0 of every
 env and algorithm first) so that partial results are useful.
+
+Parallel sweeps: ``--workers N`` trains N runs at a time on a local Ray instance (nothing is
+written outside the output folder and the temporary folder; it works offline), ``--address``
+joins an existing Ray cluster. The results are those of a sequential run, bit for bit.
 """
 
 from __future__ import annotations
@@ -277,17 +281,57 @@ def run_one(run: Run, progress: Any = None) -> dict:
     return record
 
 
-def run_experiment(runs: Sequence[Run], *, progress: bool = True) -> dict[str, int]:
+def _run_claimed(run: Run, progress: Any = None) -> str:
+    """Claim ``run`` by its lock and train it unless it is taken or finished meanwhile; returns
+    ``"run"``, ``"locked"`` or ``"skipped"`` (the unit of work of every executor)."""
+    lock = _Lock(run.path)
+    if not lock.acquire():
+        return "locked"
+    try:
+        if _is_finished(run):  # finished by another command since the plan was made
+            return "skipped"
+        run_one(run, progress)
+        return "run"
+    finally:
+        lock.release()
+
+
+def run_experiment(
+    runs: Sequence[Run],
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    address: str | None = None,
+) -> dict[str, int]:
     """Run every run without a finished results file of the same configuration.
 
-    Returns counts ``{"run", "skipped", "locked"}`` (``locked``: claimed by another command).
+    Args:
+        runs: from :func:`plan_runs`.
+        progress: progress bars (over runs, and over the steps of the current run when
+            sequential).
+        workers: ``1`` trains the runs one after the other in this process; ``N > 1`` trains
+            them in parallel on a local Ray instance with ``N`` CPUs (one run a CPU, one torch
+            thread each; the numbers are those of a sequential run).
+        address: join an existing Ray cluster (``"ray://host:10001"``, ``"auto"``) instead of
+            starting a local one; ``workers`` is then ignored (the cluster's CPUs are used).
+
+    The results files stay the single source of truth: each run is claimed by its lock file and
+    written atomically by whichever process trains it, so a sequential command, a parallel one
+    and a cluster can work on one folder together and be interrupted at any time.
+
+    Returns:
+        Counts ``{"run", "skipped", "locked"}`` (``locked``: claimed by another command).
 
     Raises:
         OSError: an output folder cannot be written (checked before any training).
-        ValueError: a finished results file with another configuration is in the way.
+        ValueError: a finished results file with another configuration is in the way, or a bad
+            ``workers``.
     """
     from tqdm.auto import tqdm
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    runs = [Run(r.config, Path(r.path).absolute()) for r in runs]
     for folder in sorted({r.path.parent for r in runs}):
         _check_writable(folder)
     todo = [r for r in runs if not _is_finished(r)]
@@ -296,17 +340,8 @@ def run_experiment(runs: Sequence[Run], *, progress: bool = True) -> dict[str, i
         total=len(runs), initial=counts["skipped"], desc="runs", disable=not progress, position=0
     )
     try:
-        for run in todo:
-            lock = _Lock(run.path)
-            if not lock.acquire():
-                counts["locked"] += 1
-                outer.update(1)
-                continue
-            try:
-                if _is_finished(run):  # finished by another command since the plan was made
-                    counts["skipped"] += 1
-                    outer.update(1)
-                    continue
+        if workers == 1 and address is None:
+            for run in todo:
                 cfg = run.config
                 inner = tqdm(
                     total=cfg.total_steps,
@@ -317,16 +352,41 @@ def run_experiment(runs: Sequence[Run], *, progress: bool = True) -> dict[str, i
                     position=1,
                 )
                 try:
-                    run_one(run, inner)
+                    counts[_run_claimed(run, inner)] += 1
                 finally:
                     inner.close()
-            finally:
-                lock.release()
-            counts["run"] += 1
-            outer.update(1)
+                outer.update(1)
+        elif todo:
+            for outcome in _run_on_ray(todo, workers, address):
+                counts[outcome] += 1
+                outer.update(1)
     finally:
         outer.close()
     return counts
+
+
+def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
+    """Yield the outcome of every run as Ray finishes them (one CPU each)."""
+    import secrets
+
+    import ray
+
+    if address is None:
+        # A local instance: its token lives in this process's environment, so Ray writes no
+        # token file under the home folder (it would by default); its session files go to the
+        # temporary folder. Offline is fine (no dashboard).
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_run_claimed)
+        pending = [remote.remote(run) for run in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        ray.shutdown()
 
 
 def load_results(folder: str | os.PathLike) -> list[dict]:
@@ -475,6 +535,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="other ACConfig fields; they also name the output files",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained in parallel on a local Ray instance (1: sequential, no Ray)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="join an existing Ray cluster at this address instead (e.g. auto, ray://host:10001)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     overrides = {}
@@ -495,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["nystrom_rank"] = args.rank
     if args.damping is not None:
         overrides["nystrom_damping"] = args.damping
+    if args.workers < 1:
+        parser.error(f"--workers must be an integer >= 1, got {args.workers}")
     known = {f.name for f in fields(ACConfig)}
     bad = sorted(set(overrides) - known)
     if bad:
@@ -505,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     torch.set_num_threads(1)
     try:
-        counts = run_experiment(runs, progress=not args.no_progress)
+        counts = run_experiment(
+            runs, progress=not args.no_progress, workers=args.workers, address=args.address
+        )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

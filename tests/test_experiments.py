@@ -261,3 +261,23 @@ def test_train_leaves_torch_global_state_alone():
     train(make_config("ppo", "CartPole-v1", total_steps=STEPS, seed=7), threads=1)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
+
+
+def test_parallel_runs_on_ray_match_sequential_runs_and_write_nothing_home(tmp_path, monkeypatch):
+    """Two runs on a local Ray instance (2 workers): the same records as sequential training, and
+    no file under the home folder (Ray writes an auth token there by default)."""
+    pytest.importorskip("ray")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    seq = plan_runs(["ppo"], ["CartPole-v1"], [0, 1], STEPS, tmp_path / "seq")
+    par = plan_runs(["ppo"], ["CartPole-v1"], [0, 1], STEPS, tmp_path / "par")
+    assert run_experiment(seq, progress=False) == {"run": 2, "skipped": 0, "locked": 0}
+    assert run_experiment(par, progress=False, workers=2) == {"run": 2, "skipped": 0, "locked": 0}
+    for a, b in zip(load_results(tmp_path / "seq"), load_results(tmp_path / "par"), strict=True):
+        assert a["episodes"] == b["episodes"] and a["config"] == b["config"]
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    assert written == [], written
+    # resumable in parallel too
+    assert run_experiment(par, progress=False, workers=2) == {"run": 0, "skipped": 2, "locked": 0}
