@@ -97,3 +97,16 @@ def test_lower_level_share_checker(capsys):
     assert "PASS" in capsys.readouterr().out
     assert not check_lower_level_share(ratio_of_norms)
     assert "FAIL on case 0" in capsys.readouterr().out
+
+
+def test_potential_shaping_checker_accepts_reference_and_rejects_missing_gamma(capsys):
+    from birl_lite.exercises import check_potential_shaping
+
+    def shaping(mdp, Phi):
+        return mdp.gamma * mdp.expect_next(Phi) - Phi[:, None]
+
+    assert check_potential_shaping(shaping)
+    out = capsys.readouterr().out
+    assert "PASS" in out and "by more than 1e-6 in 20/20" in out
+    assert not check_potential_shaping(lambda mdp, Phi: mdp.expect_next(Phi) - Phi[:, None])
+    assert "FAIL on case 0" in capsys.readouterr().out

@@ -5,7 +5,7 @@ on random cases, prints ``PASS`` or ``FAIL`` with the first mismatch, and return
 """
 
 from .ch01 import check_logit_hessian, check_soft_bellman
-from .ch02 import check_hyperobjective
+from .ch02 import check_hyperobjective, check_potential_shaping
 from .ch03 import check_adjoint, check_h1, check_lower_level_share
 from .ch04 import check_adjoint_step, check_myopic_direction
 from .ch05 import check_mc_returns
@@ -26,6 +26,7 @@ __all__ = [
     "check_lower_level_share",
     "check_mc_returns",
     "check_myopic_direction",
+    "check_potential_shaping",
     "check_soft_bellman",
     "check_woodbury",
 ]
