@@ -368,15 +368,24 @@ def run_experiment(
 def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
     """Yield the outcome of every run as Ray finishes them (one CPU each)."""
     import secrets
+    import shutil
 
     import ray
 
+    session_dir = None
     if address is None:
         # A local instance: its token lives in this process's environment, so Ray writes no
-        # token file under the home folder (it would by default); its session files go to the
-        # temporary folder. Offline is fine (no dashboard).
+        # token file under the home folder (it would by default); its session files go to a
+        # fresh folder of the temporary folder (two commands never share one), removed at the
+        # end. Offline is fine (no dashboard).
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        session_dir = tempfile.mkdtemp(prefix="ray-")
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=session_dir,
+        )
     else:
         ray.init(address=address, log_to_driver=False)
     try:
@@ -387,6 +396,8 @@ def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
             yield ray.get(done[0])
     finally:
         ray.shutdown()
+        if session_dir is not None:
+            shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def load_results(folder: str | os.PathLike) -> list[dict]:
