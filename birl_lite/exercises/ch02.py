@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from ..mdp import random_mdp, random_reward
+from ..mdp import TabularMDP, random_mdp, random_reward
 from ..problems import synthetic_problem
 from ..soft import soft_policy_iteration
 from ._common import Case, _as_float64, run_cases
@@ -53,7 +53,9 @@ def check_hyperobjective(
     return run_cases(fn, cases, what="BilevelProblem.phi", atol=atol, rtol=rtol)
 
 
-def shaping_cases(n_cases: int = 20, seed: int = 0):
+def shaping_cases(
+    n_cases: int = 20, seed: int = 0
+) -> Iterator[tuple[TabularMDP, torch.Tensor, float, torch.Tensor]]:
     """Random small MDPs with a reward, a temperature and a random potential ``Phi [S]``.
 
     Yields:
