@@ -157,7 +157,14 @@ def _read_record(path: Path) -> dict | None:
 
 
 def _config_difference(stored: dict, planned: dict) -> list[str]:
-    return sorted(k for k in set(stored) | set(planned) if stored.get(k) != planned.get(k))
+    """Fields that differ; a field missing from a file made before it existed counts as its
+    default value (new fields always default to the previous behaviour)."""
+    defaults = {f.name: f.default for f in fields(ACConfig)}
+    return sorted(
+        k
+        for k in set(stored) | set(planned)
+        if stored.get(k, defaults.get(k)) != planned.get(k, defaults.get(k))
+    )
 
 
 def _is_finished(run: Run) -> bool:
@@ -266,6 +273,9 @@ def run_one(run: Run, progress: Any = None) -> dict:
                 None if not math.isfinite(r) else round(r, 3) for r in res.curve_return
             ],
             "wall": [round(w, 3) for w in res.curve_wall],
+        },
+        "diagnostics": {
+            key: [_finite_or_none(v) for v in values] for key, values in res.diagnostics.items()
         },
         "episodes": {
             "steps": res.episode_steps,

@@ -401,3 +401,67 @@ def test_act_numpy_follows_a_dtype_change():
     with torch.no_grad():
         actor.net[4].bias.copy_(torch.tensor([0.0, 100.0], dtype=torch.float64))
     assert (actor.act_numpy(obs, np.random.default_rng(0)) == 1).all()
+
+
+def test_controls_random_correction_and_ppo_critic_steps():
+    """The ablation controls of chapter 9: a random correction of the same norm, and PPO with
+    more critic steps on the rollout's advantages; the diagnostics are recorded per rollout."""
+    from birl_lite.actor_critic import train
+    from birl_lite.actor_critic.config import make_config
+
+    base = train(make_config("blpo-nystrom", "CartPole-v1", total_steps=1024, seed=3))
+    ctrl = train(
+        make_config(
+            "blpo-nystrom",
+            "CartPole-v1",
+            total_steps=1024,
+            seed=3,
+            correction_control="random",
+        )
+    )
+    again = train(
+        make_config(
+            "blpo-nystrom",
+            "CartPole-v1",
+            total_steps=1024,
+            seed=3,
+            correction_control="random",
+        )
+    )
+    assert ctrl.episode_returns == again.episode_returns  # seeded
+    p = torch.cat([q.detach().reshape(-1) for q in base.state.actor.parameters()])
+    p_ctrl = torch.cat([q.detach().reshape(-1) for q in ctrl.state.actor.parameters()])
+    assert not torch.equal(p, p_ctrl)
+    diag = base.diagnostics
+    assert len(diag["correction_ratio"]) == len(base.curve_steps) == 2
+    assert all(r > 0 for r in diag["correction_ratio"])
+    assert all(-1.0 <= c <= 1.0 for c in diag["correction_cos"])
+
+    one = train(make_config("ppo", "CartPole-v1", total_steps=512, seed=0))
+    three = train(make_config("ppo", "CartPole-v1", total_steps=512, seed=0, ppo_critic_steps=3))
+    a1 = torch.cat([q.detach().reshape(-1) for q in one.state.actor.parameters()])
+    a3 = torch.cat([q.detach().reshape(-1) for q in three.state.actor.parameters()])
+    c1 = torch.cat([q.detach().reshape(-1) for q in one.state.critic.parameters()])
+    c3 = torch.cat([q.detach().reshape(-1) for q in three.state.critic.parameters()])
+    # one rollout: the actor steps see the same advantages, only the critic moves further
+    assert torch.equal(a1, a3) and not torch.equal(c1, c3)
+    assert three.diagnostics["critic_loss"][0] < one.diagnostics["critic_loss"][0]
+
+
+def test_committed_results_still_match_their_configuration():
+    """New config fields default to the old behaviour, so the committed runs stay valid."""
+    import json
+    from pathlib import Path
+
+    from birl_lite.actor_critic.config import make_config
+    from birl_lite.experiments import _config_difference
+
+    files = sorted(Path(__file__).parents[1].joinpath("results", "blpo").glob("*.json"))
+    assert files
+    for path in files[:: max(1, len(files) // 6)]:
+        rec = json.loads(path.read_text())
+        cfg = rec["config"]
+        planned = make_config(
+            cfg["algo"], cfg["env_id"], total_steps=cfg["total_steps"], seed=cfg["seed"]
+        )
+        assert _config_difference(cfg, planned.to_dict()) == [], path.name

@@ -281,3 +281,12 @@ def test_parallel_runs_on_ray_match_sequential_runs_and_write_nothing_home(tmp_p
     assert written == [], written
     # resumable in parallel too
     assert run_experiment(par, progress=False, workers=2) == {"run": 0, "skipped": 2, "locked": 0}
+
+
+def test_controls_are_refused_where_they_mean_nothing():
+    from birl_lite.actor_critic.config import make_config
+
+    with pytest.raises(ValueError, match="needs a correction"):
+        make_config("ppo-nested", "CartPole-v1", correction_control="random")
+    with pytest.raises(ValueError, match="ppo_critic_steps applies to algo='ppo' only"):
+        make_config("blpo-nystrom", "CartPole-v1", ppo_critic_steps=3)

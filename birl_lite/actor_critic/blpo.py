@@ -214,7 +214,19 @@ def blpo_direction(
     # 5. clip the correction relative to the direct gradient
     c_raw = grads[1]
     c, scale = clip_correction(c_raw, g_theta, cfg.correction_bound)
+    if cfg.correction_control == "random":  # the control: a random direction of the same norm
+        z = torch.randn(c.shape, generator=_control_generator(state, cfg), dtype=c.dtype)
+        c = z * (c.norm() / z.norm().clamp_min(1e-30))
     return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
+
+
+def _control_generator(state: TrainState, cfg: ACConfig) -> torch.Generator:
+    """The generator of the random-correction control, separate from the Nystrom indices'."""
+    gen = getattr(state, "control_gen", None)
+    if gen is None:
+        gen = torch.Generator().manual_seed(cfg.seed + 7919)
+        state.control_gen = gen
+    return gen
 
 
 def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
@@ -222,7 +234,9 @@ def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -
 
     ``state`` holds ``actor``, ``critic``, their optimizers and parameter lists, and ``gen`` (the
     generator of the Nystrom indices); ``mb`` the minibatch tensors ``[T, m, ...]`` including
-    ``gae_matrix`` and ``causal_matrix`` ``[m, T, T]``. Returns diagnostics."""
+    ``gae_matrix`` and ``causal_matrix`` ``[m, T, T]``. Returns diagnostics: ``correction_scale``
+    (the clipping factor), ``n_hvp`` and, with a correction, ``correction_ratio``
+    (``||c|| / ||grad_theta J||`` before clipping) and ``correction_cos`` (``cos(c, grad J)``)."""
     # 1. nesting: K critic steps towards the best response w*(theta)
     obs = mb["obs"].reshape(-1, mb["obs"].shape[-1])
     for _ in range(cfg.critic_steps):
@@ -234,4 +248,10 @@ def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
     step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.max_grad_norm)
-    return {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}
+    out = {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}
+    if d.correction_raw is not None:  # ||c|| / ||g|| before clipping, and cos(c, g)
+        g_norm = float(d.g_theta.norm())
+        c_norm = float(d.correction_raw.norm())
+        out["correction_ratio"] = c_norm / max(g_norm, 1e-30)
+        out["correction_cos"] = float(d.correction_raw @ d.g_theta) / max(c_norm * g_norm, 1e-30)
+    return out

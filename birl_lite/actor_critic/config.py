@@ -77,6 +77,11 @@ class ACConfig:
         cg_iters, cg_damping: iterations and damping ``lambda >= 0`` of the CG iHVP (``blpo-cg``).
         correction_bound: ``beta``: the implicit correction is rescaled so that its norm is at
             most ``beta * ||grad_theta J||``.
+        correction_control: ``"none"`` (the method), or ``"random"``: a control that replaces the
+            (clipped) correction by a random vector of the same norm (``blpo-*`` only).
+        ppo_critic_steps: critic steps per minibatch of ``ppo`` (with the rollout's advantages;
+            the actor step is taken after the first): ``3`` is the control that separates "more
+            critic optimisation" from nesting. Default 1, the standard joint step.
         hidden: width of the two tanh hidden layers of the actor and of the critic.
         normalize_obs: running mean/std observation normalization (same update rule as
             gymnasium's ``NormalizeObservation``, applied in the rollout so that the final
@@ -109,6 +114,8 @@ class ACConfig:
     cg_iters: int = 5
     cg_damping: float = 50.0
     correction_bound: float = 1.0
+    correction_control: str = "none"
+    ppo_critic_steps: int = 1
     hidden: int = 64
     normalize_obs: bool = False
     normalize_reward: bool = False
@@ -116,6 +123,12 @@ class ACConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "algo", ALGOS)
+        check_choice(self.correction_control, "correction_control", ("none", "random"))
+        if self.correction_control != "none" and not self.algo.startswith("blpo"):
+            raise ValueError(
+                f"correction_control={self.correction_control!r} needs a correction: algo must "
+                f"be blpo-cg or blpo-nystrom, got {self.algo!r}"
+            )
         if not isinstance(self.env_id, str) or self.env_id not in gym.registry:
             raise ValueError(
                 f"env_id must be a registered gymnasium id (e.g. 'CartPole-v1'), got {self.env_id!r}"
@@ -129,6 +142,7 @@ class ACConfig:
             "critic_steps",
             "cg_iters",
             "hidden",
+            "ppo_critic_steps",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -141,6 +155,11 @@ class ACConfig:
             raise ValueError(f"nystrom_rank must be an integer >= 1, got {self.nystrom_rank!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.ppo_critic_steps != 1 and self.algo != "ppo":
+            raise ValueError(
+                "ppo_critic_steps applies to algo='ppo' only (the nested algorithms take "
+                f"critic_steps), got algo={self.algo!r}"
+            )
         if self.num_envs % self.num_minibatches != 0:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs ({self.num_envs}): "

@@ -92,8 +92,9 @@ def step_flat(
 
 
 def ppo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
-    """One PPO minibatch update (joint actor and critic step). ``state`` holds ``actor``,
-    ``critic`` and their optimizers; ``mb`` the minibatch tensors ``[T, m, ...]``.
+    """One PPO minibatch update (joint actor and critic step; ``cfg.ppo_critic_steps - 1`` more
+    critic steps after it, the advantages staying those of the rollout). ``state`` holds
+    ``actor``, ``critic`` and their optimizers; ``mb`` the minibatch tensors ``[T, m, ...]``.
     Returns diagnostics (``critic_loss``)."""
     actor, critic = state.actor, state.critic
     logp = actor.log_prob(mb["obs"], mb["actions"])
@@ -110,4 +111,9 @@ def ppo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) ->
     state.critic_opt.zero_grad(set_to_none=True)
     L.backward()
     step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
+    for _ in range(cfg.ppo_critic_steps - 1):  # the control: more critic steps, same advantages
+        state.critic_opt.zero_grad(set_to_none=True)
+        L = critic_loss(critic(mb["obs"]), mb["returns"])
+        L.backward()
+        step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
     return {"critic_loss": float(L.detach())}

@@ -61,6 +61,8 @@ class TrainResult:
         curve_steps, curve_wall: env steps and seconds at the end of each rollout update.
         curve_return: mean return of the last 20 completed episodes at that point (NaN before
             the first episode ends).
+        diagnostics: per rollout update, the mean over its minibatch updates of every number the
+            update returns (e.g. ``correction_ratio``, ``correction_cos`` for ``blpo-*``).
         wall_time: total seconds. state: the trained :class:`TrainState`.
     """
 
@@ -72,6 +74,7 @@ class TrainResult:
     curve_steps: list[int] = field(default_factory=list)
     curve_return: list[float] = field(default_factory=list)
     curve_wall: list[float] = field(default_factory=list)
+    diagnostics: dict[str, list[float]] = field(default_factory=dict)
     wall_time: float = 0.0
     state: TrainState | None = None
 
@@ -219,10 +222,16 @@ def _train_seeded(
                 state.critic_opt.param_groups[0]["lr"] = frac * cfg.critic_lr
             ro = collector.collect(T)
             batch = prepare_batch(state, ro, cfg, matrices=nested)
+            sums: dict[str, float] = {}
             for _ in range(cfg.update_epochs):
                 perm = torch.randperm(E, generator=state.gen)
                 for j in range(cfg.num_minibatches):
-                    update(state, minibatch(batch, perm[j * per_mb : (j + 1) * per_mb]), cfg)
+                    info = update(state, minibatch(batch, perm[j * per_mb : (j + 1) * per_mb]), cfg)
+                    for key, value in (info or {}).items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+            n_updates = cfg.update_epochs * cfg.num_minibatches
+            for key, total in sums.items():
+                result.diagnostics.setdefault(key, []).append(total / n_updates)
             result.curve_steps.append(collector.global_step)
             result.curve_return.append(final_return(log.returns))
             result.curve_wall.append(time.perf_counter() - t0)
