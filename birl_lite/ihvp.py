@@ -23,6 +23,9 @@ dict-of-tensors layout:
   identity (Hataya and Yamada, 2023). No iteration, hence no divergence; the ``k x k`` core is
   solved through a symmetric eigendecomposition that drops non-positive eigenvalues, so the
   result is finite even when ``M`` is indefinite or singular.
+* :func:`ihvp_nystrom_plus_identity`: the same columns with the ``k x k`` core that BLPO's public
+  code solves, ``M + C^T C / lambda + I`` (exactly the damped inverse of ``C (M + I)^{-1} C^T``),
+  for comparison only.
 
 Every solver accepts either an :class:`HVP` (from :func:`make_hvp`) or a plain callable
 ``hvp(v) -> H v`` on flat vectors, and returns an :class:`IHVPResult` with the number of HVPs used.
@@ -44,7 +47,7 @@ import torch
 from torch import nn
 
 from ._validation import DTYPE, ArrayLike, as_tensor, check_finite, check_positive_int, check_real
-from .linear_solve import _nystrom_columns, _Op, nystrom_woodbury, solve
+from .linear_solve import _check_damping, _nystrom_columns, _Op, nystrom_woodbury, solve
 
 __all__ = [
     "HVP",
@@ -59,6 +62,8 @@ __all__ = [
     "ihvp_cg",
     "ihvp_neumann",
     "ihvp_nystrom",
+    "ihvp_nystrom_plus_identity",
+    "nystrom_plus_identity",
     "nystrom_woodbury",
     "implicit_hypergradient",
     "ridge_problem",
@@ -591,6 +596,101 @@ def ihvp_nystrom(
         K, C = _nystrom_columns(_Op(op, op.dim, op.dtype), rank, indices, generator)
         u, info = nystrom_woodbury(C, C[K, :], op.flat_v, damping, safeguard="none")
         info["indices"] = K
+    return IHVPResult(op.output(u), op.n_hvp, info)
+
+
+def nystrom_plus_identity(
+    C: torch.Tensor, M: torch.Tensor, v: torch.Tensor, damping: float, *, shift: float = 1.0
+) -> tuple[torch.Tensor, dict]:
+    """The Nystrom iHVP as BLPO's public code computes it: a ``k x k`` core with ``+ shift I``.
+
+    Chapter 7, section 7.4 ("What BLPO's code solves"). The authors' code returns
+
+        u = v / lambda - (1 / lambda^2) C (M + C^T C / lambda + shift I)^{-1} C^T v
+
+    with ``shift = 1`` (an identity added to the core "for safety") and a plain LU solve. By the
+    Woodbury identity with ``M + shift I`` in place of ``M`` this is *exactly*
+
+        u = (C (M + shift I)^{-1} C^T + lambda I)^{-1} v,
+
+    the damped inverse of another approximation of ``H``, ``H~ = C (M + shift I)^{-1} C^T``,
+    which is ``C M^{-1} C^T`` (chapter 7, equation (eq-aid-woodbury)) only when ``shift = 0``.
+    For positive semi-definite ``M``, ``0 <= H~ <= C M^+ C^T`` (the shift shrinks every
+    direction whose eigenvalue in ``M`` is not large against ``shift``: the correction is
+    absolute, not relative to the scale of ``H``). For ``M + shift I`` positive definite,
+    ``||u|| <= ||v|| / lambda``; otherwise the bound can fail, and a singular core gives inf/NaN
+    (``torch.linalg.solve_ex``, no exception, as in the original code).
+
+    This function is a reference for comparisons in chapter 7 and its benchmark; the library's
+    BLPO (:mod:`birl_lite.actor_critic.blpo`) uses :func:`ihvp_nystrom` (eigendecomposition
+    safeguard, no shift).
+
+    Args:
+        C: ``[n, k]`` columns ``H[:, K]``.
+        M: ``[k, k]`` block ``H[K, K]`` (symmetrized here).
+        v: ``[n]`` right-hand side.
+        damping: ``lambda > 0``.
+        shift: the identity multiple added to the core, ``>= 0`` (``1`` in BLPO's code).
+
+    Returns:
+        ``(u, info)``: ``u [n]``; ``info["core_eigenvalues"]`` (ascending eigenvalues of
+        ``M + shift I + C^T C / lambda``) and ``info["shifted_eigenvalues_M"]`` (of ``M + shift I``).
+    """
+    damping = _check_damping(damping, positive=True)
+    shift = check_real(shift, "shift")
+    if not shift >= 0.0:
+        raise ValueError(f"shift must be >= 0, got {shift}")
+    if C.ndim != 2 or M.ndim != 2 or M.shape[0] != M.shape[1] or C.shape[1] != M.shape[0]:
+        raise ValueError(
+            f"C must be [n, k] and M [k, k]; got C {tuple(C.shape)} and M {tuple(M.shape)}"
+        )
+    if v.ndim != 1 or v.shape[0] != C.shape[0]:
+        raise ValueError(f"v must have shape ({C.shape[0]},), got {tuple(v.shape)}")
+    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+    shifted = 0.5 * (M + M.T) + shift * eye
+    core = shifted + (C.T @ C) / damping
+    sol, _ = torch.linalg.solve_ex(core, C.T @ v)
+    u = v / damping - (C @ sol) / damping**2
+    info = {
+        "core_eigenvalues": torch.linalg.eigvalsh(0.5 * (core + core.T)),
+        "shifted_eigenvalues_M": torch.linalg.eigvalsh(shifted),
+    }
+    return u, info
+
+
+def ihvp_nystrom_plus_identity(
+    hvp: HVP | Callable[[torch.Tensor], torch.Tensor],
+    v: Tree,
+    *,
+    rank: int,
+    damping: float,
+    generator: torch.Generator | None = None,
+    indices: torch.Tensor | None = None,
+    shift: float = 1.0,
+) -> IHVPResult:
+    """Rank-``k`` Nystrom iHVP with BLPO's ``+ shift I`` core (:func:`nystrom_plus_identity`).
+
+    Chapter 7, section 7.4. Same columns as :func:`ihvp_nystrom` for the same ``generator`` or
+    ``indices`` (``k`` HVPs), so the two can be compared draw by draw; only the ``k x k`` solve
+    differs. A reference for comparisons, not used by the library's BLPO.
+
+    Args:
+        hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
+        v: right-hand side (flat tensor or dict).
+        rank: number of columns ``1 <= k <= dim``.
+        damping: ``lambda > 0``.
+        generator: ``torch.Generator`` for the column indices.
+        indices: optional explicit distinct indices ``K`` (``rank`` of them).
+        shift: identity multiple added to the core (``1`` in BLPO's code).
+
+    Returns:
+        :class:`IHVPResult` with ``n_hvp = k``; ``info`` has ``indices``, ``core_eigenvalues``
+        and ``shifted_eigenvalues_M``.
+    """
+    op = _Operator(hvp, v)
+    K, C = _nystrom_columns(_Op(op, op.dim, op.dtype), rank, indices, generator)
+    u, info = nystrom_plus_identity(C, C[K, :], op.flat_v, damping, shift=shift)
+    info["indices"] = K
     return IHVPResult(op.output(u), op.n_hvp, info)
 
 

@@ -25,7 +25,7 @@ CHAPTER_TESTS = {
     "04": ("test_model_based", "test_ch04_claims"),
     "05": ("test_model_free",),
     "06": ("test_preference",),
-    "07": ("test_ihvp", "test_linear_solve"),
+    "07": ("test_ihvp", "test_linear_solve", "test_ch07_claims"),
     "08": ("test_actor_critic", "test_learning"),
     "09": ("test_experiments",),
 }
