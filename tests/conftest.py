@@ -23,7 +23,7 @@ CHAPTER_TESTS = {
     "02": ("test_problems", "test_ch02_claims"),
     "03": ("test_hypergradient", "test_ch03_claims"),
     "04": ("test_model_based", "test_ch04_claims"),
-    "05": ("test_model_free",),
+    "05": ("test_model_free", "test_ch05_claims"),
     "06": ("test_preference",),
     "07": ("test_ihvp", "test_linear_solve", "test_ch07_claims"),
     "08": ("test_actor_critic", "test_learning"),

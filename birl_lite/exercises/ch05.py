@@ -1,15 +1,19 @@
-"""Checkers for the coding exercises of chapter 5 (Monte Carlo returns with geometric restarts)."""
+"""Checkers for the coding exercises of chapter 5 (Monte Carlo returns with geometric restarts,
+the term the truncated estimator drops)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
+from ..first_order import return_hypergradient
+from ..mdp import random_mdp, random_reward
 from ..model_free import Transitions, mc_returns
 from ._common import Case, run_cases
 
-__all__ = ["check_mc_returns"]
+__all__ = ["check_mc_returns", "check_truncation_gap"]
 
 
 def _case(k: int, seed: int):
@@ -52,3 +56,49 @@ def check_mc_returns(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float
         for c, end, batch in (_case(k, seed) for k in range(n_cases))
     )
     return run_cases(fn, cases, what="birl_lite.model_free.mc_returns", atol=atol, rtol=0.0)
+
+
+def _gap_case(k: int, seed: int):
+    """A random MDP, policy ``pi*_x`` and reward Jacobian; the gap from the exact (H1) quantities."""
+    gen = torch.Generator().manual_seed(1000 * seed + k)
+    S = int(torch.randint(2, 7, (1,), generator=gen))
+    A = int(torch.randint(2, 4, (1,), generator=gen))
+    n = int(torch.randint(1, 4, (1,), generator=gen))
+    gamma = (0.0, 0.5, 0.9, 0.99)[k % 4]
+    tau = 0.3 + float(torch.rand((), generator=gen, dtype=torch.float64))
+    mdp = random_mdp(S, A, 100 * seed + k, gamma=gamma)
+    Phi = torch.randn(S, A, n, generator=gen, dtype=torch.float64)
+    x = torch.randn(n, generator=gen, dtype=torch.float64)
+    exact = return_hypergradient(mdp, lambda z: torch.tanh(Phi @ z), random_reward(S, A, k), x, tau)
+    pi, dr, dQ = exact.pi, exact.dr_dx, exact.info["dQ_dx"]
+    dV = torch.einsum("sa,san->sn", pi, dQ)
+    full = dQ - dV[:, None]
+    trunc = dr - torch.einsum("sa,san->sn", pi, dr)[:, None]
+    P = mdp.P
+    label = f"S={S}, A={A}, n={n}, gamma={gamma:g}"
+    return Case(label=label, args=(P.clone(), gamma, pi.clone(), dr.clone()), expected=full - trunc)
+
+
+def check_truncation_gap(
+    fn: Callable, n_cases: int = 12, seed: int = 0, rtol: float = 1e-8
+) -> bool:
+    """Check a reader's formula for what the truncated estimator drops (chapter 5).
+
+    The reader's function is called as ``fn(P, gamma, pi, dr_dx)`` with ``P [S, A, S]`` the
+    transitions, ``pi [S, A]`` the soft-optimal policy ``pi*_x``, ``dr_dx [S, A, n]`` the reward
+    Jacobian (float64 tensors). It must return ``[S, A, n]``: the full bracket
+    ``grad_x Q*(s, a) - grad_x V*(s)`` minus the truncated one
+    ``grad_x r_x(s, a) - sum_b pi(b|s) grad_x r_x(s, b)``. The reference is computed from the
+    exact ``grad_x Q*`` of :func:`birl_lite.first_order.return_hypergradient` (chapter 3), not from
+    the closed form of the exercise; the cases include ``gamma = 0`` (the gap is then zero).
+
+    Prints ``PASS`` or ``FAIL`` with the first mismatch; returns whether all cases passed.
+    """
+    cases = (_gap_case(k, seed) for k in range(n_cases))
+    return run_cases(
+        fn,
+        cases,
+        what="grad_x Q* - grad_x V* minus the truncated bracket (return_hypergradient)",
+        atol=1e-10,
+        rtol=rtol,
+    )

@@ -19,6 +19,21 @@ the first-order hypergradient (H1) (chapter 3, :eq:`eq-H1`) in its visitation fo
 with ``G = pi * dg/dpi``. The gradient critic ``Gq ~ grad_x Q*`` and ``Q_U`` come from
 :func:`~birl_lite.model_free.critics.fit_critic`. The visitation sum is the sample average over the
 sampled steps divided by the number of episodes (chapter 5, :eq:`eq-mf-visits`).
+
+**Centring of the return part** (``centring`` of :func:`hypergradient_from_batch`). The equation
+centres ``Q_U`` and ``B`` with ``pi`` at every state (``A_U = Q_U - sum_b pi(b|s) Q_U(s, b)``);
+``centring="policy"`` does exactly that, with the critic tables (whose entries are zero at pairs
+the batch never visited). The default ``centring="empirical"`` centres both with the *visit
+counts* ``n(s, a) / n(s)`` of the batch instead: the return part is then the sample covariance
+``(1 / E) sum_s sum_a n(s, a) (Q_U(s, a) - Qbar_n(s)) B(s, a)``, in which unvisited pairs simply do
+not appear. Both converge to (H1) as the batch grows (``n(s, a) / n(s) -> pi(a|s)``); they differ
+at finite ``N`` (chapter 5 compares them on 20 seeds). With the truncated bracket the same two
+options apply to ``grad_x r_x``.
+
+**Unvisited pairs in the ``g`` part.** The part ``(1/tau) sum G B`` of a known ``g(x, pi)`` sums
+over *all* pairs; where the batch never visited ``(s, a)`` the full estimator has no critic value
+and uses the immediate part ``grad_x r_x(s, a)`` (the truncated bracket) there instead. The number
+of such pairs with ``pi >= 1e-3`` is reported in ``info["unvisited"]``.
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ __all__ = ["SampledHypergradient", "hypergradient_from_batch", "sampled_hypergra
 
 
 _ESTIMATORS = ("full", "truncated")
+_CENTRINGS = ("empirical", "policy")
 
 
 @dataclass
@@ -96,10 +112,20 @@ def hypergradient_from_batch(
     critic: str = "td",
     estimator: str = "full",
     terminal: str = "absorbing",
+    centring: str = "empirical",
 ) -> SampledHypergradient:
     """The sampled (H1) from a batch already sampled with ``pi`` (see :func:`sampled_hypergradient`).
 
     ``r`` is the designed reward ``r_x`` ``[S, A]`` and ``dr_dx`` its Jacobian ``[S, A, n]``.
+
+    ``centring`` (return part, module docstring): ``"empirical"`` (default) centres ``Q_U`` and
+    the bracket ``B`` by the batch's visit counts of the actions at each state, i.e.
+    ``-(c_U / (tau E)) sum_{s,a} n(s, a) (Q_U(s, a) - Qbar_n(s)) (B(s, a) - Bbar_n(s))`` with
+    ``Qbar_n(s) = sum_a n(s, a) Q_U(s, a) / n(s)``; ``"policy"`` centres both with ``pi`` as in
+    chapter 5, :eq:`eq-mf-estimator`: ``-(c_U / (tau E)) sum_t (Q_U(s_t, a_t) - V_pi(s_t))
+    (B(s_t, a_t) - B_pi(s_t))`` with ``V_pi(s) = sum_b pi(b|s) Q_U(s, b)``, the critic's entries
+    at unvisited pairs being zero. In the ``g`` part (``upper_fn``) the full estimator uses the
+    immediate bracket ``grad_x r_x`` at pairs the batch never visited (no critic value there).
     """
     S, A = batch.n_states, batch.n_actions
     tau = check_tau(tau)
@@ -110,6 +136,7 @@ def hypergradient_from_batch(
     c_U = check_real(return_weight, "return_weight")
     check_choice(estimator, "estimator", _ESTIMATORS)
     check_choice(critic, "critic", _CRITICS)
+    check_choice(centring, "centring", _CENTRINGS)
     E = batch.n_episodes
     J_U = torch.tensor(float(batch.reward.sum()) / E, dtype=DTYPE)
     needs_critic = estimator == "full" or c_U != 0.0
@@ -141,13 +168,23 @@ def hypergradient_from_batch(
         direct = dg_dx
         grad = dg_dx + torch.einsum("sa,san->n", G, Bx) / tau
     if c_U != 0.0:
-        # ... and empirically over the visits for the return part: sum_t A_t B_t / E
-        n_s = counts.sum(dim=1, keepdim=True).clamp_min(1.0)
-        A_U = crit.Q_U - (counts * crit.Q_U).sum(dim=1, keepdim=True) / n_s
-        Bv = B - torch.einsum("sa,san->sn", counts, B).unsqueeze(1) / n_s.unsqueeze(-1)
+        # ... and for the return part sum_t A_t B_t / E, centred by the visit counts (default)
+        # or by pi (the equation), see the module docstring
+        if centring == "empirical":
+            n_s = counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+            A_U = crit.Q_U - (counts * crit.Q_U).sum(dim=1, keepdim=True) / n_s
+            Bv = B - torch.einsum("sa,san->sn", counts, B).unsqueeze(1) / n_s.unsqueeze(-1)
+        else:
+            A_U = crit.Q_U - (pi_t * crit.Q_U).sum(dim=1, keepdim=True)
+            Bv = B_pi
         grad = grad - (c_U / tau) * torch.einsum("sa,sa,san->n", counts, A_U, Bv) / E
     f = g_val - c_U * J_U
-    info = {"estimator": estimator, "critic": critic, "unvisited": unvisited}
+    info = {
+        "estimator": estimator,
+        "critic": critic,
+        "centring": centring,
+        "unvisited": unvisited,
+    }
     return SampledHypergradient(
         grad=grad,
         direct=direct,
@@ -177,6 +214,7 @@ def sampled_hypergradient(
     terminal: str = "absorbing",
     reward_jacobian: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seed: SeedLike = 0,
+    centring: str = "empirical",
 ) -> SampledHypergradient:
     """The model-free hypergradient of ``phi(x) = f(x, pi*_x)`` from samples of ``env`` (chapter 5).
 
@@ -204,6 +242,7 @@ def sampled_hypergradient(
         terminal: ``"absorbing"`` or ``"zero"``.
         reward_jacobian: analytic ``x -> dr_dx [S, A, n]``; autograd when ``None``.
         seed: seed of the sampling (same seed, same estimate).
+        centring: ``"empirical"`` or ``"policy"`` (see :func:`hypergradient_from_batch`).
 
     Returns:
         :class:`SampledHypergradient`.
@@ -229,4 +268,5 @@ def sampled_hypergradient(
         critic=critic,
         estimator=estimator,
         terminal=terminal,
+        centring=centring,
     )
