@@ -46,6 +46,7 @@ __all__ = [
     "convergence_run",
     "small_map_design",
     "sobirl_run",
+    "true_return_of",
     "main",
 ]
 
@@ -120,6 +121,11 @@ def small_map_design():
     return task, reward_design_problem(task, tau=0.1, lam=1e-3)
 
 
+def true_return_of(task, pi: torch.Tensor) -> float:
+    """The unregularized return ``rho^T V^pi`` of the task's reward (computed with the model)."""
+    return float(soft.expected_return(task.mdp, pi, task.r))
+
+
 def sobirl_run(
     seed: int,
     *,
@@ -133,12 +139,14 @@ def sobirl_run(
 
     Records, for ``k = 0..K``, the true (unregularized) return of ``pi*_{x_k}`` computed with the
     model (``true_return``; never seen by the algorithm) and ``||x_k||``; for ``k = 0..K-1`` the
-    sampled return ``J_U`` of the batch of step ``k`` and ``||h_k||``.
+    sampled return ``J_U`` of the batch of step ``k`` and ``||h_k||``; at the end, the true return
+    of the algorithm's own policy ``softmax(Q_K / tau)``, its distance to ``pi*_{x_K}`` and both
+    visitations.
     """
     task, design = small_map_design()
 
     def true_return(z: torch.Tensor) -> float:
-        return float(soft.expected_return(task.mdp, design.lower(z).pi, task.r))
+        return true_return_of(task, design.lower(z).pi)
 
     t0 = time.perf_counter()
     res = sobirl(
@@ -154,6 +162,7 @@ def sobirl_run(
         record_iterates=True,
     )
     h = res.history
+    lower = design.lower(res.x)
     return {
         "experiment": "sobirl",
         "seed": seed,
@@ -169,6 +178,12 @@ def sobirl_run(
         "h_norm": [float(v) for v in h.h_norm],
         "n_sampled": int(h.n_transitions[-1]) if max_iter > 0 else 0,
         "x_final": [float(v) for v in res.x],
+        # the algorithm's own lower level at the end, against pi*_{x_K} (computed with the model)
+        "learned_true_return": true_return_of(task, res.pi),
+        "policy_gap": float((res.pi - lower.pi).abs().max()),
+        "q_gap": float((res.Q - lower.Q).abs().max()),
+        "visitation_star": [float(v) for v in soft.state_visitation(task.mdp, lower.pi)],
+        "visitation_learned": [float(v) for v in soft.state_visitation(task.mdp, res.pi)],
         "seconds": time.perf_counter() - t0,
     }
 
