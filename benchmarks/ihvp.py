@@ -4,11 +4,13 @@
    critic of chapter 7, 369 parameters, float64, damping lambda = 1 so that H + lambda I is
    positive definite): relative error of u = (H + lambda I)^{-1} v against the dense solve, and
    time per call,
-   measured side by side in this run (ratios to CG at the same budget).
+   measured side by side in this run (ratios to CG at the same budget), next to two controls: the
+   Nystrom form BLPO's code solves (a "+I" core, ihvp_nystrom_plus_identity, same columns) and
+   the answer that uses no HVP, u = v / lambda.
 2. Robustness: random symmetric indefinite matrices with three coordinates the "loss" ignores
    (zero rows and columns, so sampled Nystrom blocks are often singular), lambda = 1e-3, budget 20:
    count of non-finite results over 1000 trials for each solver (target: zero for Nystrom), and of
-   finite results violating ||u|| <= ||v|| / lambda.
+   finite results violating ||u|| <= ||v|| / lambda (BLPO's "+I" core included).
 
 Run:  python benchmarks/ihvp.py [--quick]     (--quick: fewer timing repeats and Nystrom draws)
 """
@@ -27,6 +29,7 @@ from birl_lite.ihvp import (
     ihvp_exact,
     ihvp_neumann,
     ihvp_nystrom,
+    ihvp_nystrom_plus_identity,
     value_network_problem,
 )
 
@@ -70,7 +73,7 @@ def budget_table(repeats: int, n_draws: int) -> dict:
         res_ne, t_ne = timed(
             lambda m=m: ihvp_neumann(hvp, v, n_terms=m, alpha=alpha, damping=damping), repeats
         )
-        ny_errs, ny_times = [], []
+        ny_errs, ny_times, plus_errs = [], [], []
         for s in range(n_draws):
             gen_seed = 1000 * m + s
             res_ny, t_ny = timed(
@@ -81,11 +84,16 @@ def budget_table(repeats: int, n_draws: int) -> dict:
             )
             ny_errs.append(rel_err(res_ny.u, u_true))
             ny_times.append(t_ny)
+            res_plus = ihvp_nystrom_plus_identity(
+                hvp, v, rank=m, damping=damping, generator=torch.Generator().manual_seed(gen_seed)
+            )
+            plus_errs.append(rel_err(res_plus.u, u_true))
         assert res_cg.n_hvp == res_ne.n_hvp == res_ny.n_hvp == m
         rows[m] = {
             "CG": (rel_err(res_cg.u, u_true), t_cg),
             "Neumann": (rel_err(res_ne.u, u_true), t_ne),
             "Nystrom": (statistics.median(ny_errs), statistics.median(ny_times)),
+            "Nystrom+I": (statistics.median(plus_errs), float("nan")),
         }
     print(
         f"\n{'HVPs':>5} {'solver':<9}{'rel. error':>12}{'ms/call':>10}{'time/CG':>9}"
@@ -98,6 +106,10 @@ def budget_table(repeats: int, n_draws: int) -> dict:
                 f"{err / row['CG'][0]:>10.2g}"
             )
     print(
+        f"no HVP (u = v / damping): rel. error {rel_err(v / damping, u_true):.2e}; Nystrom+I = "
+        "BLPO's '+I' core on the same columns (not timed)"
+    )
+    print(
         f"(exact dense reference: {hvp.dim} HVPs + LU, {1e3 * t_exact:.1f} ms/call, "
         f"{t_exact / rows[20]['CG'][1]:.0f}x CG with 20 HVPs; Nystrom error: median of "
         f"{n_draws} column draws)"
@@ -106,7 +118,13 @@ def budget_table(repeats: int, n_draws: int) -> dict:
 
 
 def indefinite_trials(n_trials: int, budget: int = 20, damping: float = 1e-3) -> dict:
-    names = ["CG", "Neumann", "Nystrom (plain solve)", "Nystrom (eigh safeguard)"]
+    names = [
+        "CG",
+        "Neumann",
+        "Nystrom (plain solve)",
+        "Nystrom (+I core, BLPO)",
+        "Nystrom (eigh safeguard)",
+    ]
     non_finite = dict.fromkeys(names, 0)
     above = dict.fromkeys(names, 0)
     gen = torch.Generator().manual_seed(12345)
@@ -129,6 +147,9 @@ def indefinite_trials(n_trials: int, budget: int = 20, damping: float = 1e-3) ->
                 damping=damping,
                 safeguard="none",
                 generator=torch.Generator().manual_seed(t),
+            ).u,
+            "Nystrom (+I core, BLPO)": ihvp_nystrom_plus_identity(
+                op, v, rank=budget, damping=damping, generator=torch.Generator().manual_seed(t)
             ).u,
             "Nystrom (eigh safeguard)": ihvp_nystrom(
                 op, v, rank=budget, damping=damping, generator=torch.Generator().manual_seed(t)
@@ -167,7 +188,8 @@ def main() -> None:
         f"{r20['CG'][0]:.1e} / Neumann {r20['Neumann'][0]:.1e} / Nystrom {r20['Nystrom'][0]:.1e}, "
         f"time vs CG Neumann {r20['Neumann'][1] / r20['CG'][1]:.2f}x Nystrom "
         f"{r20['Nystrom'][1] / r20['CG'][1]:.2f}x; non-finite over 1000 indefinite trials: "
-        f"Nystrom(eigh) {nf['Nystrom (eigh safeguard)']}, Nystrom(plain) "
+        f"Nystrom(eigh) {nf['Nystrom (eigh safeguard)']}, Nystrom(+I) "
+        f"{nf['Nystrom (+I core, BLPO)']}, Nystrom(plain) "
         f"{nf['Nystrom (plain solve)']}, CG {nf['CG']}, Neumann {nf['Neumann']}"
     )
 

@@ -615,9 +615,10 @@ def nystrom_plus_identity(
 
     the damped inverse of another approximation of ``H``, ``H~ = C (M + shift I)^{-1} C^T``,
     which is ``C M^{-1} C^T`` (chapter 7, equation (eq-aid-woodbury)) only when ``shift = 0``.
-    For positive semi-definite ``M``, ``0 <= H~ <= C M^+ C^T`` (the shift shrinks every
+    For positive semi-definite ``H``, ``0 <= H~ <= C M^+ C^T`` (the shift shrinks every
     direction whose eigenvalue in ``M`` is not large against ``shift``: the correction is
-    absolute, not relative to the scale of ``H``). For ``M + shift I`` positive definite,
+    absolute, not relative to the scale of ``H``; if every eigenvalue of ``M`` is much smaller
+    than ``shift``, ``H~ ~ C C^T / shift``). For ``M + shift I`` positive definite,
     ``||u|| <= ||v|| / lambda``; otherwise the bound can fail, and a singular core gives inf/NaN
     (``torch.linalg.solve_ex``, no exception, as in the original code).
 
