@@ -33,8 +33,8 @@ from .. import soft
 from .._io import write_json_atomic
 from ..envs import TabularEnv
 from ..first_order import return_hypergradient
-from ..mdp import gridworld, random_mdp, random_reward
-from ..problems import reward_design_problem
+from ..mdp import TabularTask, gridworld, random_mdp, random_reward
+from ..problems import BilevelProblem, reward_design_problem
 from .algorithm import sobirl
 from .estimators import hypergradient_from_batch
 from .problem import model_free_problem
@@ -57,7 +57,7 @@ SMALL_MAP = ("#######", "#S....#", "#.##..#", "#...#.#", "#.#..G#", "#######")
 SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
 
 
-def convergence_instance(gamma: float = 0.9, mdp_seed: int = 0):
+def convergence_instance(gamma: float = 0.9, mdp_seed: int = 0) -> tuple:
     """The chapter's random MDP: ``(env, reward_fn, x, tau, gamma, exact)``.
 
     10 states, 4 actions, ``r_U = random_reward(10, 4, 1)``, ``r_x = tanh(Phi x)`` with ``Phi`` and
@@ -114,14 +114,14 @@ def convergence_run(seed: int, sizes: tuple[int, ...] = SIZES) -> dict:
     }
 
 
-def small_map_design():
+def small_map_design() -> tuple[TabularTask, BilevelProblem]:
     """The chapter's reward-design problem: ``(task, design)`` on :data:`SMALL_MAP`
     (``gamma = 0.9``, slip 0.1, ``tau = 0.1``, ``lam = 1e-3``)."""
     task = gridworld(SMALL_MAP, gamma=0.9, slip=0.1, name="small map")
     return task, reward_design_problem(task, tau=0.1, lam=1e-3)
 
 
-def true_return_of(task, pi: torch.Tensor) -> float:
+def true_return_of(task: TabularTask, pi: torch.Tensor) -> float:
     """The unregularized return ``rho^T V^pi`` of the task's reward (computed with the model)."""
     return float(soft.expected_return(task.mdp, pi, task.r))
 
