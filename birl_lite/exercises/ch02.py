@@ -79,7 +79,7 @@ def check_potential_shaping(fn: Callable, n_cases: int = 20, seed: int = 0) -> b
     The reader's function is called as ``fn(mdp, Phi)`` (a dense or sparse
     :class:`~birl_lite.mdp.TabularMDP` and a potential ``Phi [S]``) and must return the shaping
     reward ``F(s, a) = gamma sum_s' P(s'|s, a) Phi(s') - Phi(s)`` ``[S, A]`` (chapter 2, section 2.2).
-    Cases are :func:`shaping_cases`. If every case matches, the checker runs the claim of the
+    Cases are ``shaping_cases(n_cases, seed)``. If every case matches, the checker runs the claim of the
     chapter on the same instances with the reader's ``F``: the soft-optimal policy of ``r + F``
     equals that of ``r`` (maximum entry difference printed), while a control, a random shaping
     ``G`` of the same norm as ``F``, moves it (smallest change printed, and in how many cases it
