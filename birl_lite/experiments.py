@@ -37,6 +37,7 @@ import platform
 import socket
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -225,8 +226,15 @@ class _Lock:
             with open(self.path) as f:
                 owner = json.load(f)
             host, pid = owner["host"], int(owner["pid"])
+        except FileNotFoundError:
+            return False
         except (OSError, ValueError, KeyError, TypeError):
-            return False  # being written right now, or foreign: leave it
+            # unreadable: being written right now, or left empty by a crash just after its
+            # creation; only the latter is old
+            try:
+                return time.time() - self.path.stat().st_mtime > 60.0
+            except OSError:
+                return False
         if host != socket.gethostname():
             return False
         try:

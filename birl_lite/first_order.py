@@ -305,9 +305,15 @@ def negative_return(
         return f, ridge * x.detach(), -d.unsqueeze(1) * Q_U
 
     def upper_fn(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        if mdp.is_sparse:
-            return upper_value_and_grad(x, pi)[0]
-        V_U = kernels.evaluate(trans, gamma, pi, kernels.policy_reward(pi, r_U))
+        # differentiable on dense MDPs; on sparse ones autograd through pi raises (the partials
+        # then come from upper_value_and_grad) instead of silently returning no policy term
+        V_U = kernels.evaluate(
+            trans,
+            gamma,
+            pi,
+            kernels.policy_reward(pi, r_U),
+            **({"method": method} if mdp.is_sparse else {}),
+        )
         return -(mdp.rho @ V_U) + 0.5 * ridge * (x**2).sum()
 
     return upper_fn, upper_value_and_grad

@@ -290,3 +290,11 @@ def test_controls_are_refused_where_they_mean_nothing():
         make_config("ppo-nested", "CartPole-v1", correction_control="random")
     with pytest.raises(ValueError, match="ppo_critic_steps applies to algo='ppo' only"):
         make_config("blpo-nystrom", "CartPole-v1", ppo_critic_steps=3)
+
+
+def test_an_empty_lock_left_by_a_crash_is_taken_over_once_old(tmp_path):
+    runs = plan_runs(["ppo"], ["CartPole-v1"], [0], STEPS, tmp_path)
+    lock = runs[0].path.with_name(runs[0].path.name + ".lock")
+    lock.write_text("")  # created, never written: the process died in between
+    os.utime(lock, (0, 0))
+    assert run_experiment(runs, progress=False) == {"run": 1, "skipped": 0, "locked": 0}

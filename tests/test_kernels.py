@@ -267,3 +267,22 @@ def test_no_module_is_shadowed_by_a_function():
         parent = importlib.import_module(parent_name)
         assert getattr(parent, child) is mod, f"{info.name} is shadowed"
     assert isinstance(importlib.import_module("birl_lite.first_order"), type(birl_lite))
+
+
+def test_negative_return_on_sparse_mdps_never_drops_the_policy_term():
+    """Without its closed-form partials, f = -J_U cannot be differentiated in pi on a sparse MDP:
+    the hypergradient raises instead of returning a gradient without the policy term."""
+    mdp = random_mdp(20, 3, 0, support=4, sparse=True)
+    r = random_reward(20, 3, 1)
+    upper_fn, uvg = fo.negative_return(mdp, r)
+    x = torch.zeros(3, dtype=D)
+    feats = torch.randn(20, 3, 3, dtype=D, generator=torch.Generator().manual_seed(0))
+
+    def reward_fn(z):
+        return r + feats @ z
+
+    with pytest.raises(TypeError, match="autograd does not flow through sparse"):
+        fo.hypergradient(mdp, reward_fn, upper_fn, x, 0.3)
+    h = fo.hypergradient(mdp, reward_fn, upper_fn, x, 0.3, upper_value_and_grad=uvg)
+    assert float(h.grad.norm()) > 0
+    assert float(fo.hyperobjective(mdp, reward_fn, upper_fn, x, 0.3)) == pytest.approx(float(h.phi))
