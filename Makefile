@@ -1,13 +1,14 @@
 # The two commands of the README:
 #   make book   set up .venv (exact pins) and build the HTML book into _build/html
 #   make test   set up .venv and run every check: ruff, unit tests, nbval over every chapter, book build -W
+#   make lab    set up .venv and open the chapter notebooks in JupyterLab
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.birl-installed
 JOBS   ?= 2
 
-.PHONY: setup book test lint unit notebooks chapter build browser-test constraints clean
+.PHONY: setup book lab test lint unit notebooks chapter build browser-test constraints clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ build: setup
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 book: build
+
+# Run the chapters locally in JupyterLab, with the project's kernel (the .venv Python, birl_lite installed).
+# (--allow-root only when run as root, e.g. in a container.)
+lab: setup
+	$(BIN)/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -78,3 +78,16 @@ def test_chapter_outputs_have_no_errors_or_machine_paths(path):
             assert out["output_type"] != "error"
             text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
             assert not MACHINE_PATH.search(text), text[:200]
+
+
+def _pins(name):
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+    pins = [ln.split("#")[0].strip() for ln in lines]
+    return {p.split("==")[0].lower().replace("_", "-"): p.split("==")[1] for p in pins if p}
+
+
+def test_every_requirement_is_pinned_exactly_and_frozen_in_constraints():
+    req, frozen = _pins("requirements.txt"), _pins("constraints.txt")
+    assert "jupyterlab" in req, "make lab needs JupyterLab"
+    for name, version in req.items():
+        assert frozen.get(name) == version, f"{name}=={version} is not frozen in constraints.txt"
