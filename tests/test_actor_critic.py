@@ -465,3 +465,61 @@ def test_committed_results_still_match_their_configuration():
             cfg["algo"], cfg["env_id"], total_steps=cfg["total_steps"], seed=cfg["seed"]
         )
         assert _config_difference(cfg, planned.to_dict()) == [], path.name
+
+
+# ---------------------------------------------------------------- the authors' estimator option
+
+
+def test_estimator_options_are_validated_and_reach_the_experiment_command(tmp_path, capsys):
+    from birl_lite.experiments import main, plan_runs
+
+    for field, bad in (("mixed_term", "paper"), ("nystrom_indices", "once")):
+        with pytest.raises(ValueError, match=f"{field} must be one of"):
+            make_config("blpo-nystrom", "CartPole-v1", **{field: bad})
+        with pytest.raises(SystemExit):
+            main(["--algos", "blpo-nystrom", "--set", f"{field}={bad}", "--out", str(tmp_path)])
+        assert f"{field} must be one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="mixed_term='authors' needs a correction"):
+        make_config("ppo-nested", "CartPole-v1", mixed_term="authors")
+    with pytest.raises(ValueError, match="nystrom_indices='fixed' applies to algo='blpo-nystrom'"):
+        make_config("blpo-cg", "CartPole-v1", nystrom_indices="fixed")
+    runs = plan_runs(
+        ["blpo-nystrom"],
+        ["CartPole-v1"],
+        [0],
+        1000,
+        tmp_path,
+        {"mixed_term": "authors", "nystrom_indices": "fixed"},
+    )
+    assert (runs[0].config.mixed_term, runs[0].config.nystrom_indices) == ("authors", "fixed")
+    assert "__mixed_term=authors__nystrom_indices=fixed__" in runs[0].path.name
+    assert (ACConfig().mixed_term, ACConfig().nystrom_indices) == ("book", "fresh")
+
+
+# Numbers of the code before the estimator options existed (commit b414388), CartPole-v1,
+# 1,024 steps, seed 5: sum and sum of squares of the actor's parameters (float64 sums of the
+# float32 weights), sum of the critic's, the last three episode returns.
+_BEFORE_OPTIONS = {
+    "blpo-nystrom": (0.813001098431414, 136.02393537571612, -22.25375414415612, [31.0, 22.0, 12.0]),
+    "blpo-cg": (0.8006890931428643, 136.02513388943018, -22.251218174031237, [31.0, 12.0, 32.0]),
+}
+
+
+def _fingerprint(result):
+    w = torch.cat([p.detach().reshape(-1) for p in result.state.actor.parameters()]).double()
+    c = torch.cat([p.detach().reshape(-1) for p in result.state.critic.parameters()]).double()
+    return float(w.sum()), float(w.square().sum()), float(c.sum()), result.episode_returns[-3:]
+
+
+@pytest.mark.parametrize("algo", ["blpo-nystrom", "blpo-cg"])
+def test_default_estimator_is_bit_for_bit_the_previous_code(algo):
+    """The defaults (book mixed term, fresh indices) reproduce the numbers of the code before
+    the options were added exactly; the authors' options change the run."""
+    base = train(make_config(algo, "CartPole-v1", total_steps=1024, seed=5))
+    assert _fingerprint(base) == _BEFORE_OPTIONS[algo]
+    extra = {"nystrom_indices": "fixed"} if algo == "blpo-nystrom" else {}
+    auth = train(
+        make_config(algo, "CartPole-v1", total_steps=1024, seed=5, mixed_term="authors", **extra)
+    )
+    assert _fingerprint(auth)[:3] != _BEFORE_OPTIONS[algo][:3]
+    assert all(math.isfinite(x) for x in _fingerprint(auth)[:3])

@@ -262,3 +262,81 @@ def test_train_accepts_a_custom_update_and_rejects_a_non_callable():
     assert len(calls) == cfg.update_epochs * cfg.num_minibatches
     with pytest.raises(TypeError, match="update must be callable"):
         train(cfg, update="ppo")
+
+
+def _rollout_minibatch(cfg, steps=64):
+    """A float64 state and one minibatch ``[T, E, ...]`` of ``cfg``'s env, old policy perturbed."""
+    envs = make_vector_env(cfg.env_id, cfg.num_envs)
+    state = _build(cfg, envs)
+    state.actor.double()
+    state.critic.double()
+    col = RolloutCollector(envs, state.actor, seed=0, gamma=cfg.gamma)
+    ro = col.collect(steps)
+    envs.close()
+    mb = {
+        "obs": torch.from_numpy(ro.obs).double(),
+        "next_obs": torch.from_numpy(ro.next_obs).double(),
+        "actions": torch.from_numpy(ro.actions),
+        "rewards": torch.from_numpy(ro.rewards).double(),
+        "terminated": torch.from_numpy(ro.terminated).double(),
+        "gae_matrix": torch.from_numpy(discount_matrix(ro.dones, 0.99 * 0.95)).double(),
+        "causal_matrix": torch.from_numpy(discount_matrix(ro.dones, 1.0, strict=True)).double(),
+    }
+    with torch.no_grad():
+        mb["returns"] = state.critic(mb["obs"]) + 1.0 + mb["rewards"]
+        logp = state.actor.log_prob(mb["obs"], mb["actions"])
+        noise = torch.randn(
+            logp.shape, generator=torch.Generator().manual_seed(5), dtype=logp.dtype
+        )
+        mb["old_logp"] = logp + 0.3 * noise
+    return state, mb
+
+
+@pytest.mark.parametrize("norm_adv", [True, False])
+def test_authors_mixed_term_matches_autograd_of_their_f2(norm_adv):
+    """``mixed_term="authors"``: the correction is grad_theta (grad_w f2 . u) with the authors'
+    f2 = 2 sum_t ratio_t A_t(w) (V_w(s_t) - G_t), by double autograd (A normalized with constant
+    statistics when norm_adv), and differs from the book's estimator."""
+    cfg = make_config("blpo-cg", "CartPole-v1", seed=0, hidden=16, norm_adv=norm_adv)
+    auth = make_config(
+        "blpo-cg", "CartPole-v1", seed=0, hidden=16, norm_adv=norm_adv, mixed_term="authors"
+    )
+    state, mb = _rollout_minibatch(cfg)
+    d = blpo_direction(state, mb, auth, rank=10, damping=1.0)
+    book = blpo_direction(state, mb, cfg, rank=10, damping=1.0)
+    torch.testing.assert_close(d.u, book.u, rtol=0, atol=0)  # only step 4 differs
+    actor, critic = state.actor, state.critic
+    obs, T = mb["obs"], mb["obs"].shape[0]
+    params_a, params_c = list(actor.parameters()), list(critic.parameters())
+    v_all = critic(torch.cat([obs, mb["next_obs"]]))
+    adv = differentiable_gae(
+        v_all[:T], v_all[T:], mb["rewards"], mb["terminated"], mb["gae_matrix"], cfg.gamma
+    )
+    if norm_adv:
+        adv = normalize(adv)
+    ratio = torch.exp(actor.log_prob(obs, mb["actions"]) - mb["old_logp"])
+    f2 = 2.0 * (ratio * adv * (v_all[:T] - mb["returns"])).sum()
+    grad_w = torch.autograd.grad(f2, params_c, create_graph=True)
+    c_ref = _flat(torch.autograd.grad(_flat(grad_w) @ d.u, params_a))
+    torch.testing.assert_close(d.correction_raw, c_ref, rtol=1e-9, atol=1e-11)
+    assert float((d.correction_raw - book.correction_raw).norm()) > 0.1 * float(
+        book.correction_raw.norm()
+    )
+
+
+def test_fixed_nystrom_indices_are_drawn_once_per_run():
+    fresh = make_config("blpo-nystrom", "CartPole-v1", seed=0, hidden=16)
+    fixed = make_config("blpo-nystrom", "CartPole-v1", seed=0, hidden=16, nystrom_indices="fixed")
+    state, mb = _rollout_minibatch(fresh)
+    us = [blpo_direction(state, mb, fixed).u for _ in range(2)]
+    torch.testing.assert_close(us[0], us[1], rtol=0, atol=0)  # same columns every update
+    gen_state = state.gen.get_state()
+    blpo_direction(state, mb, fixed)
+    assert torch.equal(state.gen.get_state(), gen_state)  # the run's generator is not used
+    u_fresh = [blpo_direction(state, mb, fresh).u for _ in range(2)]
+    assert not torch.equal(u_fresh[0], u_fresh[1])  # fresh indices: new columns each call
+    # the fixed columns are those of ihvp_nystrom with these explicit indices
+    hvp = MSEHessian(state.critic.net, mb["obs"].reshape(-1, 4), mb["returns"].reshape(-1))
+    K = state.fixed_nystrom_perm[: fixed.nystrom_rank]
+    u_ref = ihvp_nystrom(hvp, blpo_direction(state, mb, fixed).g_w, rank=5, damping=50.0, indices=K)
+    torch.testing.assert_close(us[0], u_ref.u, rtol=1e-12, atol=1e-14)

@@ -14,7 +14,14 @@ minibatch update (``ppo-nested`` stops after step 2, ``blpo-cg`` / ``blpo-nystro
     5. clipping:     c <- c * min(1, beta ||g_theta|| / ||c||)
     6. actor step:   theta <- Adam ascent step along g_theta - c
 
-Step 4 uses the later losses t' > t only. With a fixed target function the term t' = t has mean
+Step 4 is the book's estimator (``cfg.mixed_term = "book"``, the default). ``"authors"`` is the one
+of the authors' public code: c = grad_theta (grad_w f2 . u) with
+f2 = 2 sum_t ratio_t A_t(w) (V_w(s_t) - G_t), i.e. q_t = 2 [(grad_w A_t . u)(V_w(s_t) - G_t) +
+A_t (grad_w V_w(s_t) . u)] paired with the ratio of the *same* step, summed over the minibatch.
+``cfg.nystrom_indices = "fixed"`` draws the Nystrom columns once per run (as their code) instead
+of at every update. Chapter 8, section 8.9, compares the two estimators on the exact tabular check.
+
+The book's step 4 uses the later losses t' > t only. With a fixed target function the term t' = t has mean
 zero, but with sampled return targets G_t (which depend on a_t) it does not and would bias the
 estimate; chapter 8 checks the whole estimator against the exact hypergradient on a tabular MDP
 (:mod:`birl_lite.actor_critic.tabular_check`).
@@ -180,12 +187,15 @@ def blpo_direction(
         # 3. iHVP u ~ (H + lambda I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
         hessian = MSEHessian(critic.net, obs, returns, acts=crit.rows(n))
         if solver == "nystrom":
+            k = cfg.nystrom_rank if rank is None else rank
+            fixed = cfg.nystrom_indices == "fixed"
             res = ihvp_nystrom(
                 hessian,
                 g_w,
-                rank=cfg.nystrom_rank if rank is None else rank,
+                rank=k,
                 damping=cfg.nystrom_damping if damping is None else damping,
-                generator=state.gen,
+                generator=None if fixed else state.gen,
+                indices=_fixed_indices(state, cfg, hessian.dim)[:k] if fixed else None,
             )
         else:
             res = ihvp_cg(
@@ -196,12 +206,21 @@ def blpo_direction(
                 tol=1e-10,
             )
 
-        # 4. mixed term by the score function: c = grad_theta mean_t ratio_t C_t, with
-        #    q_t = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u) and C_t = sum_{t' > t} q_t'
-        dv = mlp_jvp(hessian.acts, res.u).reshape(T, m)
-        q = 2.0 * (values[0] - mb["returns"]) * dv
-        causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q).reshape(n)
-        cotangents.append(ratio * causal / n)
+        if cfg.mixed_term == "book":
+            # 4. mixed term by the score function: c = grad_theta mean_t ratio_t C_t, with
+            #    q_t = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u) and C_t = sum_{t' > t} q_t'
+            dv = mlp_jvp(hessian.acts, res.u).reshape(T, m)
+            q = 2.0 * (values[0] - mb["returns"]) * dv
+            causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q).reshape(n)
+            cotangents.append(ratio * causal / n)
+        else:
+            # 4'. the authors' estimator: c = grad_theta sum_t ratio_t q_t with
+            #     q_t = d/dw [2 A_t(w) (V_w(s_t) - G_t)] . u (same step, through A(w) too)
+            dvv = mlp_jvp(crit, res.u).reshape(2, T, m)  # tangents of V(s_t), V(s'_t)
+            d_delta = cfg.gamma * (1.0 - mb["terminated"]) * dvv[1] - dvv[0]
+            dA = torch.einsum("etu,ue->te", mb["gae_matrix"], d_delta) * adv_scale
+            q = 2.0 * (dA * (values[0] - mb["returns"]) + adv * dvv[0])
+            cotangents.append(ratio * q.reshape(n))
 
     grads = policy_vjp(actor, pol, actions, torch.stack(cotangents))
     g_theta = grads[0]
@@ -218,6 +237,17 @@ def blpo_direction(
         z = torch.randn(c.shape, generator=_control_generator(state, cfg), dtype=c.dtype)
         c = z * (c.norm() / z.norm().clamp_min(1e-30))
     return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
+
+
+def _fixed_indices(state: TrainState, cfg: ACConfig, dim: int) -> torch.Tensor:
+    """A random permutation of the ``dim`` critic coordinates drawn once per run (seeded by
+    ``cfg.seed``; the Nystrom columns of ``nystrom_indices="fixed"`` are its first ``k``)."""
+    perm = getattr(state, "fixed_nystrom_perm", None)
+    if perm is None or perm.numel() != dim:
+        gen = torch.Generator().manual_seed(cfg.seed + 104_729)
+        perm = torch.randperm(dim, generator=gen)
+        state.fixed_nystrom_perm = perm
+    return perm
 
 
 def _control_generator(state: TrainState, cfg: ACConfig) -> torch.Generator:

@@ -17,7 +17,7 @@ import gymnasium as gym
 
 from .._validation import check_choice
 
-__all__ = ["ALGOS", "ENV_PRESETS", "ACConfig", "make_config"]
+__all__ = ["ALGOS", "ENV_PRESETS", "MIXED_TERMS", "NYSTROM_INDICES", "ACConfig", "make_config"]
 
 #: The four algorithms sharing one rollout / GAE / evaluation code path.
 #:
@@ -28,6 +28,14 @@ __all__ = ["ALGOS", "ENV_PRESETS", "ACConfig", "make_config"]
 #:   hypergradient (chapter 8, equation (eq-ac-hypergradient)), its iHVP by conjugate gradient
 #:   or by Nystrom.
 ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom")
+
+#: Estimators of BLPO's mixed term (:attr:`ACConfig.mixed_term`): the book's (chapter 8,
+#: equation (eq-ac-mixed)) and the one of the authors' public code.
+MIXED_TERMS = ("book", "authors")
+
+#: Nystrom column indices (:attr:`ACConfig.nystrom_indices`): drawn afresh at every update, or
+#: drawn once per run (the authors' code).
+NYSTROM_INDICES = ("fresh", "fixed")
 
 #: Per-environment overrides of the defaults (applied by :func:`make_config` when the field is
 #: not given explicitly). Pendulum-v1 needs a shorter horizon (gamma 0.9), longer rollouts, more
@@ -89,6 +97,17 @@ class ACConfig:
         normalize_reward: divide rewards by the running std of the discounted return (as
             gymnasium's ``NormalizeReward``); episode statistics always record raw rewards.
         log_std_init: initial log standard deviation of the Gaussian policy (Box actions).
+        mixed_term: the estimator of the mixed term ``grad^2_{theta w} L u`` (``blpo-*``):
+            ``"book"`` (default; chapter 8, equation (eq-ac-mixed): each ratio paired with the
+            *later* critic losses of its episode, averaged over the minibatch) or ``"authors"``
+            (the BLPO authors' public code: ``grad_theta (grad_w f2 . u)`` with
+            ``f2 = 2 sum_t ratio_t A_t(w) (V_w(s_t) - G_t)``, each ratio paired with the
+            *same-step* critic residual weighted by the advantage, differentiated in ``w``
+            through ``A`` too, summed, not averaged, over the minibatch).
+        nystrom_indices: ``"fresh"`` (default: new Nystrom column indices at every update, from
+            the run's generator) or ``"fixed"`` (one draw for the whole run, as the authors'
+            code, whose indices come from one fixed random key; here the draw is seeded by
+            ``seed``). Only ``blpo-nystrom`` uses it.
     """
 
     algo: str = "blpo-nystrom"
@@ -120,14 +139,28 @@ class ACConfig:
     normalize_obs: bool = False
     normalize_reward: bool = False
     log_std_init: float = 0.0
+    mixed_term: str = "book"
+    nystrom_indices: str = "fresh"
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "algo", ALGOS)
         check_choice(self.correction_control, "correction_control", ("none", "random"))
+        check_choice(self.mixed_term, "mixed_term", MIXED_TERMS)
+        check_choice(self.nystrom_indices, "nystrom_indices", NYSTROM_INDICES)
         if self.correction_control != "none" and not self.algo.startswith("blpo"):
             raise ValueError(
                 f"correction_control={self.correction_control!r} needs a correction: algo must "
                 f"be blpo-cg or blpo-nystrom, got {self.algo!r}"
+            )
+        if self.mixed_term != "book" and not self.algo.startswith("blpo"):
+            raise ValueError(
+                f"mixed_term={self.mixed_term!r} needs a correction: algo must be blpo-cg or "
+                f"blpo-nystrom, got {self.algo!r}"
+            )
+        if self.nystrom_indices != "fresh" and self.algo != "blpo-nystrom":
+            raise ValueError(
+                f"nystrom_indices={self.nystrom_indices!r} applies to algo='blpo-nystrom' only, "
+                f"got {self.algo!r}"
             )
         if not isinstance(self.env_id, str) or self.env_id not in gym.registry:
             raise ValueError(
