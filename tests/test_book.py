@@ -91,3 +91,13 @@ def test_every_requirement_is_pinned_exactly_and_frozen_in_constraints():
     assert "jupyterlab" in req, "make lab needs JupyterLab"
     for name, version in req.items():
         assert frozen.get(name) == version, f"{name}=={version} is not frozen in constraints.txt"
+
+
+def test_readme_example_prints_what_the_readme_shows(capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Using the package") :]
+    code, shown = re.search(
+        r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", section, re.S
+    ).groups()
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == shown
