@@ -26,7 +26,7 @@ CHAPTER_TESTS = {
     "05": ("test_model_free", "test_ch05_claims"),
     "06": ("test_preference",),
     "07": ("test_ihvp", "test_linear_solve", "test_ch07_claims"),
-    "08": ("test_actor_critic", "test_learning"),
+    "08": ("test_actor_critic", "test_learning", "test_ch08_claims"),
     "09": ("test_experiments",),
 }
 
