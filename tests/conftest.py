@@ -24,7 +24,7 @@ CHAPTER_TESTS = {
     "03": ("test_hypergradient", "test_ch03_claims"),
     "04": ("test_model_based", "test_ch04_claims"),
     "05": ("test_model_free", "test_ch05_claims"),
-    "06": ("test_preference",),
+    "06": ("test_preference", "test_rlhf_tabular"),
     "07": ("test_ihvp", "test_linear_solve", "test_ch07_claims"),
     "08": ("test_actor_critic", "test_learning", "test_ch08_claims"),
     "09": ("test_experiments",),
