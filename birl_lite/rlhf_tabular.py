@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ __all__ = [
     "RLHFConfig",
     "rlhf_run",
     "run_path",
+    "load_records",
+    "final_return",
+    "setting_of",
+    "tuned_lrs",
     "main",
 ]
 
@@ -498,6 +503,8 @@ class RLHFConfig:
         label_temperature: of the labeller (0: noiseless).
         tau: the agent's temperature (the hyper terms carry ``1/tau``).
         delay: iterations after the initial phase with the hyper term off (their delay).
+        hyper_scale: a factor on the hyper term (1: the exact coefficient ``1/tau``; smaller
+            values are the control "is it only too large?").
         n_members: ensemble size (arm ``"ensemble"``); pool_factor: candidates per query.
         n_heldout: held-out pairs for the accuracy; size, gamma: of the map.
         features: the reward model (:func:`comparison_task`).
@@ -516,6 +523,7 @@ class RLHFConfig:
     label_temperature: float = 0.25
     tau: float = 0.1
     delay: int = 1
+    hyper_scale: float = 1.0
     n_members: int = 5
     pool_factor: int = 4
     n_heldout: int = 1000
@@ -541,7 +549,15 @@ class RLHFConfig:
             ("seed", 0),
         ):
             check_positive_int(getattr(self, name), name, minimum)
-        for name in ("initial_fraction", "lr", "ridge", "label_temperature", "tau", "gamma"):
+        for name in (
+            "initial_fraction",
+            "lr",
+            "ridge",
+            "label_temperature",
+            "tau",
+            "gamma",
+            "hyper_scale",
+        ):
             value = check_real(getattr(self, name), name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -596,7 +612,7 @@ def _train_reward(
         if hyper:
             h = _hyper(cfg, ctask, pi, data, losses, n_fresh)
             ratio = float(np.linalg.norm(h) / max(np.linalg.norm(g), 1e-300))
-            g = g + h
+            g = g + cfg.hyper_scale * h
         x = x - lr * g
         if not np.isfinite(x).all():
             break
@@ -764,8 +780,53 @@ def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
         lock.release()
 
 
+def load_records(folder: str | Path) -> list[dict]:
+    """Every finished results file of ``folder`` (sorted by name)."""
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        with open(path) as f:
+            record = json.load(f)
+        if isinstance(record, dict) and record.get("complete"):
+            out.append(record)
+    return out
+
+
+def final_return(record: dict) -> float:
+    """Mean normalized true return over the last 5 records; ``-inf`` for a diverged run."""
+    if record.get("diverged_at") is not None:
+        return float("-inf")
+    return float(np.mean(record["curve"]["true_return"][-5:]))
+
+
+def setting_of(config: dict) -> tuple:
+    """``(arm, hyper_scale, fragment_length, budget)``: what a step size is tuned for."""
+    return (config["arm"], config["hyper_scale"], config["fragment_length"], config["budget"])
+
+
+def tuned_lrs(records: list[dict]) -> dict[tuple, float]:
+    """The step size with the best mean :func:`final_return` over seeds, per :func:`setting_of`
+    (ties: the smaller step). Every step size of a setting must have the same seeds."""
+    table: dict[tuple, dict[float, dict[int, float]]] = {}
+    for rec in records:
+        cfg = rec["config"]
+        table.setdefault(setting_of(cfg), {}).setdefault(cfg["lr"], {})[cfg["seed"]] = final_return(
+            rec
+        )
+    best = {}
+    for setting, by_lr in table.items():
+        seeds = {lr: sorted(v) for lr, v in by_lr.items()}
+        if len({tuple(v) for v in seeds.values()}) != 1:
+            raise ValueError(f"step sizes of {setting} were run on different seeds: {seeds}")
+        best[setting] = min(by_lr, key=lambda lr: (-np.mean(list(by_lr[lr].values())), lr))
+    return best
+
+
 def main(argv: list[str] | None = None) -> dict[str, int]:
-    """CLI: arms x lengths x budgets x step sizes x seeds, one results file per run (resumable)."""
+    """CLI: arms x lengths x budgets x step sizes x seeds, one results file per run (resumable).
+
+    ``--tuned-from DIR`` replaces ``--lrs``: each setting runs with the step size that
+    :func:`tuned_lrs` picks from the finished runs in ``DIR``.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m birl_lite.rlhf_tabular",
         description="Tabular reward learning from comparisons: the arms of chapter 6",
@@ -774,6 +835,14 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1, 5, 25])
     parser.add_argument("--budgets", type=int, nargs="+", default=[60, 600])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1.0], help="step sizes (grid)")
+    parser.add_argument(
+        "--hyper-scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="factors on the hyper term (arms truncated, full, flipped only)",
+    )
+    parser.add_argument("--tuned-from", type=Path, default=None, help="folder of tuning runs")
     parser.add_argument("--seeds", nargs="+", default=["0-19"], help="e.g. 0-19 or 0 3 5")
     parser.add_argument("--out", type=Path, default=Path("results/rlhf_tabular"))
     parser.add_argument("--quiet", action="store_true")
@@ -782,15 +851,27 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     from .experiments import _check_writable
 
     _check_writable(args.out)
+    tuned = tuned_lrs(load_records(args.tuned_from)) if args.tuned_from is not None else None
+    plan = []
+    for N in args.budgets:
+        for L in args.lengths:
+            for arm in args.arms:
+                scales = args.hyper_scales if arm in ("truncated", "full", "flipped") else [1.0]
+                for scale in scales:
+                    if tuned is not None:
+                        if (arm, scale, L, N) not in tuned:
+                            raise ValueError(f"no tuning runs for {(arm, scale, L, N)}")
+                        lrs = [tuned[(arm, scale, L, N)]]
+                    else:
+                        lrs = args.lrs
+                    plan += [
+                        RLHFConfig(
+                            arm=arm, fragment_length=L, budget=N, lr=lr, hyper_scale=scale, seed=s
+                        )
+                        for lr in lrs
+                        for s in _seeds(args.seeds)
+                    ]
     counts = {"run": 0, "skipped": 0, "locked": 0}
-    plan = [
-        RLHFConfig(arm=arm, fragment_length=L, budget=N, lr=lr, seed=seed)
-        for N in args.budgets
-        for L in args.lengths
-        for lr in args.lrs
-        for arm in args.arms
-        for seed in _seeds(args.seeds)
-    ]
     for i, cfg in enumerate(plan):
         path = run_path(args.out, cfg)
         status = _run_claimed(path, cfg)

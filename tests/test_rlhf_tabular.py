@@ -227,3 +227,16 @@ def test_command_resumes_and_refuses_another_configuration(tmp_path, capsys):
     files[0].write_text(json.dumps(record))
     with pytest.raises(ValueError, match="another configuration"):
         rt.main([*argv, str(tmp_path), "--quiet"])
+
+
+def test_tuned_lrs_picks_the_best_mean_and_refuses_unpaired_seeds():
+    def rec(lr, seed, ret, diverged=None):
+        cfg = rt.RLHFConfig(lr=lr, seed=seed).to_dict()
+        curve = {"true_return": [ret] * 5}
+        return {"complete": True, "config": cfg, "curve": curve, "diverged_at": diverged}
+
+    records = [rec(0.1, 0, 0.2), rec(0.1, 1, 0.4), rec(1.0, 0, 0.9), rec(1.0, 1, 0.5, diverged=3)]
+    ((setting, lr),) = rt.tuned_lrs(records).items()
+    assert setting == ("loss", 1.0, 5, 600) and lr == 0.1  # a diverged seed rules a step size out
+    with pytest.raises(ValueError, match="different seeds"):
+        rt.tuned_lrs(records[:3])
