@@ -240,3 +240,29 @@ def test_tuned_lrs_picks_the_best_mean_and_refuses_unpaired_seeds():
     assert setting == ("loss", 1.0, 5, 600) and lr == 0.1  # a diverged seed rules a step size out
     with pytest.raises(ValueError, match="different seeds"):
         rt.tuned_lrs(records[:3])
+
+
+def _my_truncated(pi, window_sum, losses, tau):
+    S, A = pi.shape
+    c = (losses @ window_sum / len(losses)).reshape(S, A)
+    return ((c - pi * c.sum(axis=1, keepdims=True)) / tau).reshape(-1)
+
+
+def _my_policy_term(P, gamma, pi, score_sum, losses, tau):
+    S, A = pi.shape
+    c = (losses @ score_sum / len(losses)).reshape(S, A)
+    w = c - pi * c.sum(axis=1, keepdims=True)
+    P_pi = np.einsum("sa,sat->st", pi, P)
+    u = np.linalg.solve((np.eye(S) - gamma * P_pi).T, np.einsum("sa,sat->t", w, P))
+    return ((w + gamma * pi * u[:, None]) / tau).reshape(-1)
+
+
+def test_exercise_checkers_accept_solutions_and_reject_truncations(capsys):
+    from birl_lite.exercises.ch06 import check_policy_term, check_truncated_term
+
+    assert check_truncated_term(_my_truncated)
+    assert not check_truncated_term(lambda pi, c, l, tau: _my_truncated(pi, c, l, tau) * tau)
+    assert check_policy_term(_my_policy_term)
+    # the truncated term in place of the full one passes at gamma = 0 only: the checker fails it
+    assert not check_policy_term(lambda P, g, pi, c, l, tau: _my_truncated(pi, c, l, tau))
+    assert "FAIL on case 1" in capsys.readouterr().out
