@@ -7,8 +7,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.birl-installed
 JOBS   ?= 2
+# One thread per notebook kernel / test worker (nbval's kernels inherit the environment): with
+# JOBS workers on a small machine, a second OpenMP/BLAS thread per process only competes.
+ONE_THREAD = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# make test builds the book from the committed outputs that nbval has just checked, with this copy of
+# _config.yml whose execute_notebooks is 'off': each notebook is executed once, not twice.
+NOEXEC_CONFIG = _build/_config_noexec.yml
 
-.PHONY: setup book lab test lint unit notebooks chapter build browser-test constraints clean
+.PHONY: setup book lab test lint unit notebooks chapter build build-noexec browser-test constraints clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +31,13 @@ build: setup
 
 book: build
 
+# The book from the committed notebook outputs, executing nothing (used by make test, after nbval).
+build-noexec: setup
+	@mkdir -p $(dir $(NOEXEC_CONFIG))
+	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
+	  c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('$(NOEXEC_CONFIG)', 'w'))"
+	$(BIN)/jupyter-book build . -W -n --keep-going --config $(NOEXEC_CONFIG)
+
 # Run the chapters locally in JupyterLab, with the project's kernel (the .venv Python, birl_lite installed).
 # (--allow-root only when run as root, e.g. in a container.)
 lab: setup
@@ -36,10 +49,10 @@ lint: setup
 
 # Unit tests and nbval over every chapter notebook, in one pytest run (one notebook per worker).
 unit: setup
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
+	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 
 notebooks: setup
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval chapters
+	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval chapters
 
 # Open every page of _build/html in headless Chromium (Debian's package, installed if missing),
 # offline: links, images, rendered equations; screenshots in _build/screenshots.
@@ -51,13 +64,13 @@ browser-test: setup
 
 # One chapter's notebook and the unit tests of its modules, e.g.  make chapter CH=03
 chapter: setup
-	$(BIN)/python -m pytest --nbval -m ch$(CH) tests chapters
+	$(ONE_THREAD) $(BIN)/python -m pytest --nbval -m ch$(CH) tests chapters
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
-	$(MAKE) build
+	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
+	$(MAKE) build-noexec
 	$(MAKE) browser-test
 
 constraints:
