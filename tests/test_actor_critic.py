@@ -502,6 +502,7 @@ def test_estimator_options_are_validated_and_reach_the_experiment_command(tmp_pa
 _BEFORE_OPTIONS = {
     "blpo-nystrom": (0.813001098431414, 136.02393537571612, -22.25375414415612, [31.0, 22.0, 12.0]),
     "blpo-cg": (0.8006890931428643, 136.02513388943018, -22.251218174031237, [31.0, 12.0, 32.0]),
+    "ppo": (0.6903466540497902, 136.52291691248934, -21.59009299633908, [26.0, 31.0, 12.0]),
 }
 
 
@@ -513,8 +514,9 @@ def _fingerprint(result):
 
 @pytest.mark.parametrize("algo", ["blpo-nystrom", "blpo-cg"])
 def test_default_estimator_is_bit_for_bit_the_previous_code(algo):
-    """The defaults (book mixed term, fresh indices) reproduce the numbers of the code before
-    the options were added exactly; the authors' options change the run."""
+    """The defaults (book mixed term, fresh indices, gradient clip, no value clip, no preset)
+    reproduce the numbers of the code before the options were added exactly; the authors'
+    options change the run."""
     base = train(make_config(algo, "CartPole-v1", total_steps=1024, seed=5))
     assert _fingerprint(base) == _BEFORE_OPTIONS[algo]
     extra = {"nystrom_indices": "fixed"} if algo == "blpo-nystrom" else {}
@@ -523,3 +525,74 @@ def test_default_estimator_is_bit_for_bit_the_previous_code(algo):
     )
     assert _fingerprint(auth)[:3] != _BEFORE_OPTIONS[algo][:3]
     assert all(math.isfinite(x) for x in _fingerprint(auth)[:3])
+
+
+# ---------------------------------------------------------------- the authors' settings preset
+
+
+def test_authors_preset_sets_their_values_per_algorithm(tmp_path):
+    from birl_lite.actor_critic.config import AUTHORS_PRESET
+    from birl_lite.experiments import plan_runs
+
+    blpo = make_config("blpo-nystrom", "CartPole-v1", preset="authors")
+    assert (blpo.anneal_lr, blpo.clip_grad, blpo.norm_adv, blpo.grad_clip_norm) == (
+        False,
+        False,
+        False,
+        None,
+    )
+    assert (blpo.critic_lr, blpo.nystrom_rank, blpo.nystrom_damping) == (1e-3, 5, 50.0)
+    assert (blpo.mixed_term, blpo.nystrom_indices) == ("book", "fresh")  # a separate choice
+    cg = make_config("blpo-cg", "CartPole-v1", preset="authors")
+    assert (cg.cg_iters, cg.cg_damping, cg.norm_adv) == (20, 0.0, False)
+    ppo = make_config("ppo", "CartPole-v1", preset="authors")
+    assert (ppo.critic_lr, ppo.clip_vloss, ppo.norm_adv, ppo.anneal_lr, ppo.clip_grad) == (
+        2.5e-4,
+        True,
+        True,
+        False,
+        False,
+    )
+    assert make_config("ppo-nested", "Pendulum-v1", preset="authors").anneal_lr is False
+    assert set(AUTHORS_PRESET) == {"ppo", "ppo-nested", "blpo-cg", "blpo-nystrom"}
+    with pytest.raises(ValueError, match="preset='authors' sets anneal_lr=False"):
+        make_config("blpo-nystrom", "CartPole-v1", preset="authors", anneal_lr=True)
+    with pytest.raises(ValueError, match="preset='authors' sets"):
+        ACConfig(preset="authors")  # a label without the values is refused
+    with pytest.raises(ValueError, match="preset must be one of"):
+        make_config("ppo", "CartPole-v1", preset="paper")
+    with pytest.raises(ValueError, match="clip_vloss applies to algo='ppo' only"):
+        make_config("blpo-nystrom", "CartPole-v1", clip_vloss=True)
+    runs = plan_runs(
+        ["ppo", "blpo-nystrom"], ["CartPole-v1"], [0], 1000, tmp_path, {"preset": "authors"}
+    )
+    assert [r.config.critic_lr for r in runs] == [2.5e-4, 1e-3]
+    assert runs[0].path.name == "CartPole-v1__ppo__preset=authors__steps1000__seed0.json"
+
+
+def test_value_clipping_and_no_gradient_clip():
+    from birl_lite.actor_critic.ppo import critic_loss, step_flat, value_loss
+
+    v_old = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    v = torch.tensor([0.5, -0.1, 1.0], dtype=torch.float64)
+    G = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    # the first value moved 0.5 > 0.2 towards its target: the clipped (larger) loss counts
+    want = ((1.0 - 0.2) ** 2 + 1.1**2 + 1.0) / 3
+    assert float(value_loss(v, G, v_old, 0.2)) == pytest.approx(want, rel=1e-14)
+    assert float(value_loss(v, G)) == float(critic_loss(v, G))
+    net = torch.nn.Linear(2, 1).double()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in net.parameters()])
+    g = torch.full((3,), 10.0, dtype=torch.float64)
+    step_flat(opt, list(net.parameters()), g, None)  # no clipping: the full step
+    after = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    torch.testing.assert_close(before - after, g)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "blpo-nystrom"])
+def test_authors_preset_trains_and_differs_from_the_defaults(algo):
+    base = _fingerprint(train(make_config(algo, "CartPole-v1", total_steps=1024, seed=5)))
+    assert base == _BEFORE_OPTIONS[algo]
+    run = train(make_config(algo, "CartPole-v1", total_steps=1024, seed=5, preset="authors"))
+    got = _fingerprint(run)
+    assert got[:3] != base[:3] and all(math.isfinite(x) for x in got[:3])

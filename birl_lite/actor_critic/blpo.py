@@ -271,13 +271,13 @@ def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -
     obs = mb["obs"].reshape(-1, mb["obs"].shape[-1])
     for _ in range(cfg.critic_steps):
         g = mse_grad(mlp_forward(state.critic.net, obs), mb["returns"])
-        step_flat(state.critic_opt, state.critic_params, g, cfg.max_grad_norm)
+        step_flat(state.critic_opt, state.critic_params, g, cfg.grad_clip_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)
     d = blpo_direction(state, mb, cfg)
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
-    step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.max_grad_norm)
+    step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.grad_clip_norm)
     out = {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}
     if d.correction_raw is not None:  # ||c|| / ||g|| before clipping, and cos(c, g)
         g_norm = float(d.g_theta.norm())

@@ -17,7 +17,16 @@ import gymnasium as gym
 
 from .._validation import check_choice
 
-__all__ = ["ALGOS", "ENV_PRESETS", "MIXED_TERMS", "NYSTROM_INDICES", "ACConfig", "make_config"]
+__all__ = [
+    "ALGOS",
+    "AUTHORS_PRESET",
+    "ENV_PRESETS",
+    "MIXED_TERMS",
+    "NYSTROM_INDICES",
+    "PRESETS",
+    "ACConfig",
+    "make_config",
+]
 
 #: The four algorithms sharing one rollout / GAE / evaluation code path.
 #:
@@ -36,6 +45,30 @@ MIXED_TERMS = ("book", "authors")
 #: Nystrom column indices (:attr:`ACConfig.nystrom_indices`): drawn afresh at every update, or
 #: drawn once per run (the authors' code).
 NYSTROM_INDICES = ("fresh", "fixed")
+
+#: Named settings (:attr:`ACConfig.preset`): ``"book"`` (the defaults) or ``"authors"``.
+PRESETS = ("book", "authors")
+
+_AUTHORS_COMMON = {"anneal_lr": False, "clip_grad": False}
+
+#: The settings of the BLPO authors' discrete-action code (their ``main.py`` and the
+#: ``Stackelberg_RL/discrete`` and ``Baselines/PJax_PPO.py`` modules) that differ from the book's
+#: defaults, per algorithm: no learning-rate annealing ("Always False!") and no gradient-norm clip
+#: (their optimizers are plain Adam) for all; no advantage normalisation for the nested
+#: algorithms; for ``blpo-cg`` 20 CG iterations without damping (``--lam`` 0); for ``ppo`` (their
+#: PureJaxRL baseline) value clipping with the policy's clip range and one Adam at 2.5e-4 for a
+#: joint actor-critic module, whose actor and critic are separate towers, so that with no
+#: gradient clip it is the book's two Adam optimizers with ``critic_lr = 2.5e-4`` (Adam is
+#: invariant to their value-loss coefficient up to its ``eps``). Not reproduced: their PPO's
+#: minibatches of shuffled single transitions (here, whole env segments for every algorithm) and
+#: the ``+ I`` in their Nystrom core (chapter 7). The estimator of their code is a separate
+#: choice: ``mixed_term="authors"``, ``nystrom_indices="fixed"``.
+AUTHORS_PRESET: dict[str, dict] = {
+    "ppo": {**_AUTHORS_COMMON, "critic_lr": 2.5e-4, "clip_vloss": True},
+    "ppo-nested": {**_AUTHORS_COMMON, "norm_adv": False},
+    "blpo-cg": {**_AUTHORS_COMMON, "norm_adv": False, "cg_iters": 20, "cg_damping": 0.0},
+    "blpo-nystrom": {**_AUTHORS_COMMON, "norm_adv": False},
+}
 
 #: Per-environment overrides of the defaults (applied by :func:`make_config` when the field is
 #: not given explicitly). Pendulum-v1 needs a shorter horizon (gamma 0.9), longer rollouts, more
@@ -80,6 +113,11 @@ class ACConfig:
         norm_adv: standardize advantages per minibatch (inside the differentiable path for BLPO).
         ent_coef: entropy bonus (0: none, as BLPO).
         max_grad_norm: global gradient-norm clipping of each network's step.
+        clip_grad: clip the gradient norm to ``max_grad_norm`` (``False``: no clipping, as the
+            authors' code).
+        clip_vloss: PPO's value clipping (``ppo`` only): the critic loss is
+            ``mean max((V - G)^2, (V_old + clip(V - V_old, -clip_coef, clip_coef) - G)^2)`` with
+            ``V_old`` the rollout critic's values (CleanRL's and PureJaxRL's form).
         nystrom_rank, nystrom_damping: rank ``k >= 1`` and damping ``lambda > 0`` of the Nystrom
             iHVP.
         cg_iters, cg_damping: iterations and damping ``lambda >= 0`` of the CG iHVP (``blpo-cg``).
@@ -108,6 +146,9 @@ class ACConfig:
             the run's generator) or ``"fixed"`` (one draw for the whole run, as the authors'
             code, whose indices come from one fixed random key; here the draw is seeded by
             ``seed``). Only ``blpo-nystrom`` uses it.
+        preset: ``"book"`` (default) or ``"authors"``: :func:`make_config` then applies
+            :data:`AUTHORS_PRESET` for ``algo``; a config labelled ``"authors"`` must hold those
+            values (``ValueError`` naming the first that differs).
     """
 
     algo: str = "blpo-nystrom"
@@ -141,12 +182,25 @@ class ACConfig:
     log_std_init: float = 0.0
     mixed_term: str = "book"
     nystrom_indices: str = "fresh"
+    clip_grad: bool = True
+    clip_vloss: bool = False
+    preset: str = "book"
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "algo", ALGOS)
         check_choice(self.correction_control, "correction_control", ("none", "random"))
         check_choice(self.mixed_term, "mixed_term", MIXED_TERMS)
         check_choice(self.nystrom_indices, "nystrom_indices", NYSTROM_INDICES)
+        check_choice(self.preset, "preset", PRESETS)
+        if self.preset == "authors":
+            for name, value in AUTHORS_PRESET[self.algo].items():
+                if getattr(self, name) != value:
+                    raise ValueError(
+                        f"preset='authors' sets {name}={value!r} for {self.algo}, got "
+                        f"{getattr(self, name)!r} (to vary it, give the fields without the preset)"
+                    )
+        if self.clip_vloss and self.algo != "ppo":
+            raise ValueError(f"clip_vloss applies to algo='ppo' only, got algo={self.algo!r}")
         if self.correction_control != "none" and not self.algo.startswith("blpo"):
             raise ValueError(
                 f"correction_control={self.correction_control!r} needs a correction: algo must "
@@ -198,7 +252,14 @@ class ACConfig:
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs ({self.num_envs}): "
                 "minibatches are whole env segments"
             )
-        for name in ("anneal_lr", "norm_adv", "normalize_obs", "normalize_reward"):
+        for name in (
+            "anneal_lr",
+            "norm_adv",
+            "normalize_obs",
+            "normalize_reward",
+            "clip_grad",
+            "clip_vloss",
+        ):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
@@ -234,6 +295,12 @@ class ACConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     @property
+    def grad_clip_norm(self) -> float | None:
+        """The gradient-norm bound of every optimizer step: ``max_grad_norm``, or ``None`` (no
+        clipping) when ``clip_grad`` is off."""
+        return self.max_grad_norm if self.clip_grad else None
+
+    @property
     def batch_size(self) -> int:
         """Transitions per rollout, ``num_envs * num_steps``."""
         return self.num_envs * self.num_steps
@@ -250,11 +317,14 @@ class ACConfig:
 
 def make_config(algo: str, env_id: str, **overrides) -> ACConfig:
     """An :class:`ACConfig` for ``algo`` on ``env_id``: defaults, then :data:`ENV_PRESETS`, then
-    ``overrides`` (unknown names raise ``TypeError`` naming them)."""
+    :data:`AUTHORS_PRESET` if ``preset="authors"``, then ``overrides`` (unknown names raise
+    ``TypeError`` naming them; an override contradicting the preset raises ``ValueError``)."""
     known = {f.name for f in dataclasses.fields(ACConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown ACConfig field(s): {unknown}; known: {sorted(known)}")
     kwargs = dict(ENV_PRESETS.get(env_id, {}))
+    if overrides.get("preset") == "authors" and algo in AUTHORS_PRESET:
+        kwargs.update(AUTHORS_PRESET[algo])
     kwargs.update(overrides)
     return ACConfig(algo=algo, env_id=env_id, **kwargs)

@@ -26,6 +26,7 @@ __all__ = [
     "step",
     "step_flat",
     "surrogate_partials",
+    "value_loss",
 ]
 
 
@@ -64,9 +65,13 @@ def normalize(adv: torch.Tensor) -> torch.Tensor:
     return (adv - adv.mean().detach()) / (adv.std().detach() + 1e-8)
 
 
-def step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
-    """Clip the global gradient norm of ``params`` to ``max_norm`` and take an optimizer step."""
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
+def step(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float | None
+) -> None:
+    """Clip the global gradient norm of ``params`` to ``max_norm`` (``None``: no clipping) and
+    take an optimizer step."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
 
 
@@ -82,13 +87,29 @@ def step_flat(
     optimizer: torch.optim.Optimizer,
     params: list[torch.Tensor],
     flat: torch.Tensor,
-    max_norm: float,
+    max_norm: float | None,
 ) -> None:
     """:func:`step` for a flat gradient: clip its norm to ``max_norm`` (the scaling of
-    ``torch.nn.utils.clip_grad_norm_``) and take an optimizer step."""
-    flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
+    ``torch.nn.utils.clip_grad_norm_``; ``None``: no clipping) and take an optimizer step."""
+    if max_norm is not None:
+        flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
     _set_grads(params, flat)
     optimizer.step()
+
+
+def value_loss(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    old_values: torch.Tensor | None = None,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """PPO's critic loss: :func:`critic_loss`, or with ``clip`` (and the rollout critic's
+    ``old_values``) the clipped form ``mean max((V - G)^2, (V_old + clip(V - V_old, -clip, clip)
+    - G)^2)`` of CleanRL and PureJaxRL (the BLPO authors' PPO baseline). All ``[T, m]``."""
+    if clip is None:
+        return critic_loss(values, returns)
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return torch.maximum((values - returns).square(), (clipped - returns).square()).mean()
 
 
 def ppo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
@@ -103,17 +124,18 @@ def ppo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) ->
     J = clipped_surrogate(ratio, adv, cfg.clip_coef)
     if cfg.ent_coef > 0:
         J = J + cfg.ent_coef * actor.entropy(mb["obs"]).mean()
-    L = critic_loss(critic(mb["obs"]), mb["returns"])
+    vclip = (mb["values"], cfg.clip_coef) if cfg.clip_vloss else (None, None)
+    L = value_loss(critic(mb["obs"]), mb["returns"], *vclip)
 
     state.actor_opt.zero_grad(set_to_none=True)
     (-J).backward()
-    step(state.actor_opt, state.actor_params, cfg.max_grad_norm)
+    step(state.actor_opt, state.actor_params, cfg.grad_clip_norm)
     state.critic_opt.zero_grad(set_to_none=True)
     L.backward()
-    step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
+    step(state.critic_opt, state.critic_params, cfg.grad_clip_norm)
     for _ in range(cfg.ppo_critic_steps - 1):  # the control: more critic steps, same advantages
         state.critic_opt.zero_grad(set_to_none=True)
-        L = critic_loss(critic(mb["obs"]), mb["returns"])
+        L = value_loss(critic(mb["obs"]), mb["returns"], *vclip)
         L.backward()
-        step(state.critic_opt, state.critic_params, cfg.max_grad_norm)
+        step(state.critic_opt, state.critic_params, cfg.grad_clip_norm)
     return {"critic_loss": float(L.detach())}

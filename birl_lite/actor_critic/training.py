@@ -115,7 +115,7 @@ def prepare_batch(
 ) -> dict[str, torch.Tensor]:
     """A rollout as tensors ``[T, E, ...]`` plus what every update needs: ``old_logp``, GAE
     advantages ``adv`` from the current critic, targets ``returns = adv + V(s_t)`` (fixed for the
-    rollout) and, if ``matrices``, the ``[E, T, T]`` ``gae_matrix`` and ``causal_matrix`` of
+    rollout), the values ``values = V(s_t)`` and, if ``matrices``, the ``[E, T, T]`` ``gae_matrix`` and ``causal_matrix`` of
     :func:`~birl_lite.actor_critic.rollout.discount_matrix`."""
     batch = to_torch(ro)
     with torch.no_grad():
@@ -133,6 +133,7 @@ def prepare_batch(
     )
     batch["adv"] = torch.from_numpy(adv)
     batch["returns"] = batch["adv"] + values
+    batch["values"] = values  # V_old(s_t), for PPO's value clipping
     if matrices:
         batch["gae_matrix"] = torch.from_numpy(
             discount_matrix(ro.dones, cfg.gamma * cfg.gae_lambda)
