@@ -7,7 +7,7 @@ import numpy as np
 
 from ._validation import ArrayLike
 
-__all__ = ["use_book_style", "BOOK_COLORS", "confidence_band"]
+__all__ = ["use_book_style", "BOOK_COLORS", "confidence_band", "paired_difference"]
 
 # two-sided 95% quantiles of Student's t with 1..30 degrees of freedom
 _T95 = (
@@ -60,3 +60,20 @@ def confidence_band(samples: ArrayLike, axis: int = 0) -> tuple[np.ndarray, np.n
         return mean, np.zeros_like(mean)
     t = _T95[min(n - 1, len(_T95)) - 1]
     return mean, t * a.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def paired_difference(a: ArrayLike, b: ArrayLike) -> tuple[float, float, int, int]:
+    """A paired comparison of two methods run on the same seeds: ``a[i] - b[i]``.
+
+    Args:
+        a, b: one value per seed ``[n]``, in the same seed order.
+
+    Returns:
+        ``(mean, half, wins, n)``: the mean difference, the half-width of its 95% Student-t
+        interval, the number of seeds where ``a > b``, and ``n``.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be 1-D with one value per seed, got {a.shape}, {b.shape}")
+    mean, half = confidence_band(a - b)
+    return float(mean), float(half), int((a > b).sum()), len(a)

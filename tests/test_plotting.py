@@ -30,3 +30,13 @@ def test_band_shrinks_with_more_seeds(n):
     a = np.random.default_rng(n).normal(size=(n, 1000))
     _, half = confidence_band(a)
     assert half.mean() < 13 / np.sqrt(n)
+
+
+def test_paired_difference():
+    from birl_lite.plotting import paired_difference
+
+    mean, half, wins, n = paired_difference([1.0, 2.0, 3.0], [0.0, 2.5, 1.0])
+    assert abs(mean - 2.5 / 3) < 1e-12 and (wins, n) == (2, 3)
+    assert abs(half - 4.303 * np.std([1.0, -0.5, 2.0], ddof=1) / np.sqrt(3)) < 1e-12
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired_difference([1.0, 2.0], [1.0])
