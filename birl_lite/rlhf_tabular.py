@@ -75,6 +75,7 @@ __all__ = [
     "truncated_term",
     "policy_term",
     "select_disputed",
+    "exact_policy_term",
     "heldout_accuracy",
     "RLHFConfig",
     "rlhf_run",
@@ -479,6 +480,43 @@ def heldout_accuracy(x: np.ndarray, diff: np.ndarray, true_diff: np.ndarray) -> 
     return float(right.mean()) if right.size else float("nan")
 
 
+def exact_policy_term(
+    ctask: ComparisonTask, x: np.ndarray, tau: float, temperature: float
+) -> np.ndarray:
+    """Brute force for one-step fragments (``L = 1``, tiny tasks): the policy-dependence term of
+    ``f(x, pi*_x) = sum_{(s,a), (s',b)} D(s,a) D(s',b) E_y l``, ``D = mu_pi(s) pi(a|s)``.
+
+    ``pi*_x`` is computed by soft value iteration in torch (iterated to ``gamma^k < 1e-15``) and
+    differentiated by autograd; the data term ``z`` is held fixed. The reference that
+    :func:`policy_term` is checked against (chapter 6, section 6.4).
+
+    Returns:
+        ``[n_features]``.
+    """
+    mdp = ctask.mdp
+    S, A = mdp.n_states, mdp.n_actions
+    feats = torch.as_tensor(ctask.features, dtype=DTYPE)
+    xt = torch.tensor(np.asarray(x, dtype=float), dtype=DTYPE, requires_grad=True)
+    r = (feats @ xt).reshape(S, A)
+    P = mdp.P
+    n_sweeps = 10 + int(math.ceil(math.log(1e-15) / math.log(mdp.gamma))) if mdp.gamma > 0 else 1
+    V = torch.zeros(S, dtype=DTYPE)
+    for _ in range(n_sweeps):
+        V = tau * torch.logsumexp((r + mdp.gamma * P @ V) / tau, dim=1)
+    pi = torch.softmax((r + mdp.gamma * P @ V) / tau, dim=1)
+    P_pi = torch.einsum("sa,sat->st", pi, P)
+    eye = torch.eye(S, dtype=DTYPE)
+    mu = (1 - mdp.gamma) * torch.linalg.solve(eye - mdp.gamma * P_pi.T, mdp.rho)
+    D = (mu[:, None] * pi).reshape(-1)
+    reward = (feats @ torch.as_tensor(np.asarray(x, dtype=float), dtype=DTYPE)).detach()
+    z = reward[:, None] - reward[None, :]
+    R = ctask.r_true.reshape(-1)
+    p = torch.sigmoid((R[:, None] - R[None, :]) / temperature)
+    loss = p * torch.nn.functional.softplus(-z) + (1 - p) * torch.nn.functional.softplus(z)
+    (D @ loss @ D).backward()
+    return xt.grad.numpy()
+
+
 # --------------------------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------------------------
@@ -614,7 +652,7 @@ def _train_reward(
             ratio = float(np.linalg.norm(h) / max(np.linalg.norm(g), 1e-300))
             g = g + cfg.hyper_scale * h
         x = x - lr * g
-        if not np.isfinite(x).all():
+        if not np.abs(x).max() <= _DIVERGED:
             break
     return x, ratio
 
@@ -629,6 +667,10 @@ def _train_members(
             _, g = bradley_terry_gradient(X[m], diff, y, W[:, m])
             X[m] = X[m] - lr * (g + cfg.ridge * X[m])
     return X
+
+
+#: a reward weight beyond this counts as divergence (the soft values would overflow float64)
+_DIVERGED = 1e12
 
 
 def _lower(ctask: ComparisonTask, x: np.ndarray, tau: float, V0):
@@ -682,7 +724,11 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
     for k in range(cfg.n_iter + 2):  # k = 0: initial phase; k = n_iter + 1: final record only
         if ensemble:
             x = X.mean(axis=0)
-        pi, pi_t, V = _lower(ctask, x, cfg.tau, V)
+        try:
+            pi, pi_t, V = _lower(ctask, x, cfg.tau, V)
+        except FloatingPointError:  # rewards too large for float64 values: the step size diverged
+            diverged = k
+            break
         J = float(expected_return(mdp, pi_t, ctask.r_true))
         curve["comparisons"].append(used)
         curve["true_return"].append(round((J - J_unif) / (J_best - J_unif), 6))
@@ -708,11 +754,11 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
         with np.errstate(over="ignore", invalid="ignore"):
             if ensemble:
                 X = _train_members(cfg, ctask, X, data, steps)
-                bad = not np.isfinite(X).all()
+                bad = not np.abs(X).max() <= _DIVERGED
             else:
                 hyper = cfg.arm != "loss" and k > cfg.delay
                 x, ratio = _train_reward(cfg, ctask, x, pi, data, steps, hyper, n_new)
-                bad = not np.isfinite(x).all()
+                bad = not np.abs(x).max() <= _DIVERGED
         if bad:  # the step size is too large for this arm: the run records where it stopped
             diverged = k
             break

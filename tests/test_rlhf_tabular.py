@@ -123,32 +123,11 @@ def test_policy_term_is_the_score_of_the_soft_optimal_policy():
     np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)
 
 
-def _exact_policy_term(ctask, x, tau, temperature):
-    """Brute force: f(x', pi*_x) = sum over L = 1 fragment pairs of D(s1,a1) D(s2,a2) E_y l,
-    differentiated through pi*_x only (autograd through soft value iteration)."""
-    mdp = ctask.mdp
-    P = mdp.P
-    xt = torch.tensor(x, requires_grad=True)
-    r = xt.reshape(3, 2)
-    V = torch.zeros(3, dtype=torch.float64)
-    for _ in range(200):  # gamma = 0.5: converged to 1e-16 long before
-        V = tau * torch.logsumexp((r + mdp.gamma * P @ V) / tau, dim=1)
-    pi = torch.softmax((r + mdp.gamma * P @ V) / tau, dim=1)
-    P_pi = torch.einsum("sa,sat->st", pi, P)
-    mu = (1 - mdp.gamma) * torch.linalg.solve(torch.eye(3) - mdp.gamma * P_pi.T, mdp.rho)
-    D = (mu[:, None] * pi).reshape(-1)  # fragment = one (s, a)
-    R = ctask.r_true.reshape(-1)
-    z = torch.as_tensor(x)[:, None] - torch.as_tensor(x)[None, :]  # data held fixed: x' = x
-    p = torch.sigmoid((R[:, None] - R[None, :]) / temperature)
-    lbar = p * torch.nn.functional.softplus(-z) + (1 - p) * torch.nn.functional.softplus(z)
-    (D @ lbar @ D).backward()
-    return xt.grad.numpy(), pi.detach().numpy()
-
-
 def test_full_term_is_unbiased_for_the_exact_policy_term():
     ctask, tau, temperature = tiny_task(gamma=0.5), 0.5, 0.5
     x = np.array([0.3, -0.2, 0.5, 0.1, -0.4, 0.2])
-    exact, pi = _exact_policy_term(ctask, x, tau, temperature)
+    exact = rt.exact_policy_term(ctask, x, tau, temperature)
+    pi = soft_opt(ctask, x, tau).pi.numpy()
     rng = np.random.default_rng(3)
     batches = []
     for _ in range(20):
@@ -261,8 +240,16 @@ def test_exercise_checkers_accept_solutions_and_reject_truncations(capsys):
     from birl_lite.exercises.ch06 import check_policy_term, check_truncated_term
 
     assert check_truncated_term(_my_truncated)
-    assert not check_truncated_term(lambda pi, c, l, tau: _my_truncated(pi, c, l, tau) * tau)
+    assert not check_truncated_term(lambda pi, c, ls, tau: _my_truncated(pi, c, ls, tau) * tau)
     assert check_policy_term(_my_policy_term)
     # the truncated term in place of the full one passes at gamma = 0 only: the checker fails it
-    assert not check_policy_term(lambda P, g, pi, c, l, tau: _my_truncated(pi, c, l, tau))
+    assert not check_policy_term(lambda P, g, pi, c, ls, tau: _my_truncated(pi, c, ls, tau))
     assert "FAIL on case 1" in capsys.readouterr().out
+
+
+def test_a_diverging_step_size_is_recorded_not_raised():
+    cfg = rt.RLHFConfig(arm="truncated", fragment_length=5, budget=60, lr=10.0, seed=100)
+    record = rt.rlhf_run(cfg)
+    assert record["diverged_at"] is not None
+    assert len(record["curve"]["true_return"]) == record["diverged_at"] + 1
+    assert rt.final_return(record) == float("-inf")
