@@ -34,8 +34,10 @@ book: build
 # The book from the committed notebook outputs, executing nothing (used by make test, after nbval).
 build-noexec: setup
 	@mkdir -p $(dir $(NOEXEC_CONFIG))
-	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
-	  c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('$(NOEXEC_CONFIG)', 'w'))"
+	$(BIN)/python -c "import os, yaml; c = yaml.safe_load(open('_config.yml')); \
+	  c['execute']['execute_notebooks'] = 'off'; ext = c['sphinx'].get('local_extensions', {}); \
+	  ext.update((k, os.path.abspath(v)) for k, v in ext.items()); \
+	  yaml.safe_dump(c, open('$(NOEXEC_CONFIG)', 'w'))"
 	$(BIN)/jupyter-book build . -W -n --keep-going --config $(NOEXEC_CONFIG)
 
 # Run the chapters locally in JupyterLab, with the project's kernel (the .venv Python, birl_lite installed).

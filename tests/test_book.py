@@ -101,3 +101,16 @@ def test_readme_example_prints_what_the_readme_shows(capsys):
     ).groups()
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out == shown
+
+
+def test_browser_check_finds_equation_labels_left_as_text():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_check", ROOT / "tools/browser_check.py")
+    browser_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(browser_check)
+    found = browser_check.unresolved_labels(
+        "Woodbury (eq-aid-woodbury) vs dense; see (56) and (H2)"
+    )
+    assert len(found) == 1 and "(eq-aid-woodbury)" in found[0]
+    assert browser_check.unresolved_labels("equations (26) and (30), the label eq-dV") == []

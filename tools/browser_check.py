@@ -11,7 +11,9 @@ Checks, for every HTML page of the book:
 * every internal link points to an existing file, and its ``#anchor``, if any, exists there;
 * every image is loaded (``naturalWidth > 0``); every chapter page has at least one figure;
 * every page with mathematics has it rendered by MathJax (``mjx-container`` elements in the DOM,
-  none with a ``merror``).
+  none with a ``merror``);
+* no equation label is left as text, e.g. ``(eq-dV)`` where ``(26)`` belongs (a reference that did
+  not resolve, or a label written in a docstring or code cell; see ``tools/book_eq_labels.py``).
 
 Screenshots of the landing page and of the first chapter go to ``--screenshots``.
 Exit status 0 if every check passes, 1 otherwise (the failures are listed).
@@ -23,6 +25,7 @@ import argparse
 import functools
 import http.server
 import os
+import re
 import shutil
 import sys
 import threading
@@ -30,6 +33,9 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
 
 from bs4 import BeautifulSoup
+
+#: an equation label shown as text instead of its number
+LABEL_TEXT = re.compile(r"\(eq-[A-Za-z0-9_-]+\)")
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -96,6 +102,14 @@ def static_link_problems(root: Path, page: Path) -> list[str]:
             elif anchor and dest.suffix == ".html" and anchor not in ids_of(dest):
                 problems.append(f"{rel}: <{tag} {attr}={target!r}>: no element with id {anchor!r}")
     return problems
+
+
+def unresolved_labels(text: str) -> list[str]:
+    """Each equation label left as text in a page's text, with some context."""
+    return [
+        " ".join(text[max(0, m.start() - 40) : m.end() + 10].split())
+        for m in LABEL_TEXT.finditer(text)
+    ]
 
 
 def main() -> int:
@@ -168,6 +182,8 @@ def main() -> int:
                     problems.append(f"{rel}: image {src} did not load")
             if rel.startswith("chapters/") and not images:
                 problems.append(f"{rel}: a chapter page without any figure")
+            for context in unresolved_labels(page_obj.inner_text("body")):
+                problems.append(f"{rel}: equation label as text, not a number: ...{context}...")
             for bad in bad_responses:
                 problems.append(f"{rel}: HTTP {bad}")
             page_obj.remove_listener("response", handler)
