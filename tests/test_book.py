@@ -114,3 +114,37 @@ def test_browser_check_finds_equation_labels_left_as_text():
     )
     assert len(found) == 1 and "(eq-aid-woodbury)" in found[0]
     assert browser_check.unresolved_labels("equations (26) and (30), the label eq-dV") == []
+
+
+def _code_blocks(markdown, where=()):
+    """(enclosing directives, language) of every code block, inside directives too."""
+    from markdown_it import MarkdownIt
+
+    for tok in MarkdownIt("commonmark").parse(markdown):
+        info = tok.info.strip()
+        if tok.type == "fence" and info.startswith("{"):
+            yield from _code_blocks(re.sub(r"\A(?::[^\n]*\n)+", "", tok.content), (*where, info))
+        elif tok.type in ("fence", "code_block"):
+            yield where, info.split()[0] if info else None
+
+
+# Chapters whose solutions still hold unhighlighted (indented) code, left to their authors.
+UNHIGHLIGHTED = {"08_stackelberg_actor_critic"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(reason="indented solution code"))
+        if p.stem in UNHIGHLIGHTED
+        else p
+        for p in CHAPTERS
+    ],
+    ids=lambda p: p.stem,
+)
+def test_code_in_markdown_names_its_language(path):
+    """Code in markdown (solutions in dropdowns included) is fenced with a language, e.g.
+    ```python, so the book highlights it; an indented block or a bare fence shows as plain text."""
+    cells = [c for c in _load(path)["cells"] if c["cell_type"] == "markdown"]
+    bare = [where for c in cells for where, lang in _code_blocks("".join(c["source"])) if not lang]
+    assert not bare, f"{len(bare)} code blocks without a language, in {bare}"
