@@ -54,11 +54,16 @@ from .plotting import confidence_band
 
 __all__ = [
     "CurveBand",
+    "PairedRow",
     "Run",
+    "curve_auc",
     "curve_band",
+    "curve_value_at",
+    "diagnostic_quantiles",
     "group_results",
     "load_results",
     "main",
+    "paired_table",
     "plan_runs",
     "run_experiment",
     "run_label",
@@ -535,6 +540,160 @@ def summary_table(records: Sequence[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def _defined_curve(record: dict) -> tuple[Any, Any]:
+    """The recorded points ``(steps, return_last20)`` with a value (a point recorded before the
+    first episode finished has none)."""
+    import numpy as np
+
+    pts = [
+        (s, y)
+        for s, y in zip(record["curve"]["steps"], record["curve"]["return_last20"], strict=True)
+        if y is not None
+    ]
+    if not pts:
+        raise ValueError(f"{record.get('file', 'record')}: the curve has no finished episode")
+    x, y = zip(*pts, strict=True)
+    return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+
+def curve_value_at(record: dict, step: float) -> float:
+    """The learning curve (mean of the last 20 episode returns) at env step ``step``, linearly
+    interpolated between the recorded points.
+
+    Before the first recorded value (no episode finished yet) the first value is held: it is the
+    return of the first episodes, those of the initial policy.
+
+    Raises:
+        ValueError: ``step`` is negative or beyond the last recorded step (the run's budget).
+    """
+    import numpy as np
+
+    x, y = _defined_curve(record)
+    last = record["curve"]["steps"][-1]
+    if not 0 <= step <= last:
+        raise ValueError(f"step {step} is outside the recorded curve [0, {last}]")
+    return float(np.interp(step, x, y))
+
+
+def curve_auc(record: dict, until: float, start: float = 0.0) -> float:
+    """Area under the learning curve from env step ``start`` to ``until``, divided by
+    ``until - start``: the mean return over the window, in the return's units.
+
+    The curve is that of :func:`curve_value_at` (piecewise linear between the recorded points,
+    the first value held before them); the integral is exact for it (trapezoids on the recorded
+    points and on the window's ends).
+
+    Raises:
+        ValueError: the window is empty or not inside ``[0, last recorded step]``.
+    """
+    import numpy as np
+
+    x, y = _defined_curve(record)
+    last = record["curve"]["steps"][-1]
+    if not 0 <= start < until <= last:
+        raise ValueError(f"window [{start}, {until}] is not inside the recorded curve [0, {last}]")
+    xs = np.concatenate([[start], x[(x > start) & (x < until)], [until]])
+    return float(np.trapezoid(np.interp(xs, x, y), xs) / (until - start))
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """One metric of :func:`paired_table`: the mean over seeds of ``metric(a) - metric(b)``, the
+    half-width of its 95% Student-t interval (``nan`` for one seed), the number of seeds where
+    ``a`` is larger (``wins``), ``n`` and the seeds."""
+
+    metric: str
+    mean: float
+    half: float
+    wins: int
+    n: int
+    seeds: tuple[int, ...]
+
+
+def paired_table(
+    a: Sequence[dict],
+    b: Sequence[dict],
+    metrics: dict[str, Any],
+    seeds: Sequence[int] | None = None,
+) -> list[PairedRow]:
+    """Paired differences ``a - b`` of each metric on the same seeds (a run of ``a`` and the run
+    of ``b`` with the same seed share their environment seeds and initialisation).
+
+    Args:
+        a, b: records of one setting each (one run per seed), on one environment and budget.
+        metrics: ``name -> function(record) -> float`` (e.g. ``lambda r: curve_auc(r, 150_000)``).
+        seeds: the seeds to compare; each must have a run in ``a`` and in ``b``. ``None``: the
+            seeds of ``a``, which must be exactly those of ``b``.
+
+    Raises:
+        ValueError: unpaired seeds (a seed of ``seeds``, or of one side when ``seeds`` is
+            ``None``, without a run on the other), a seed run twice on one side, no seeds, or
+            ``a`` and ``b`` on different environments or budgets.
+    """
+    from .plotting import paired_difference
+
+    by_seed = []
+    for side, recs in (("a", a), ("b", b)):
+        d = {}
+        for r in recs:
+            if r["seed"] in d:
+                raise ValueError(f"seed {r['seed']} appears twice in {side}")
+            d[r["seed"]] = r
+        by_seed.append(d)
+    sa, sb = by_seed
+    if seeds is None:
+        if set(sa) != set(sb):
+            raise ValueError(
+                f"unpaired seeds: only in a {sorted(set(sa) - set(sb))}, "
+                f"only in b {sorted(set(sb) - set(sa))}"
+            )
+        seeds = sorted(sa)
+    seeds = [int(s) for s in seeds]
+    missing = sorted({s for s in seeds if s not in sa or s not in sb})
+    if missing:
+        raise ValueError(f"unpaired seeds: {missing} lack a run in a or in b")
+    if not seeds:
+        raise ValueError("no seeds to compare")
+    for key in ("env_id", "total_steps"):
+        values = {r[key] for r in [*(sa[s] for s in seeds), *(sb[s] for s in seeds)]}
+        if len(values) > 1:
+            raise ValueError(f"a and b mix {key}s {sorted(values)}: compare one setting")
+    rows = []
+    for name, fn in metrics.items():
+        mean, half, wins, n = paired_difference(
+            [fn(sa[s]) for s in seeds], [fn(sb[s]) for s in seeds]
+        )
+        rows.append(PairedRow(name, mean, half if n > 1 else math.nan, wins, n, tuple(seeds)))
+    return rows
+
+
+def diagnostic_quantiles(
+    records: Sequence[dict], key: str, until: float | None = None
+) -> tuple[float, float, float, int] | None:
+    """Quartiles ``(q25, median, q75)`` of a per-update diagnostic (e.g. ``correction_ratio``)
+    over every update of every run that records it, and the number of such runs; ``None`` if no
+    run records it. ``until``: only the updates up to that env step (the diagnostic's ``i``-th
+    value belongs to the curve's ``i``-th step)."""
+    import numpy as np
+
+    values, runs = [], 0
+    for r in records:
+        vals = r.get("diagnostics", {}).get(key)
+        if not vals:
+            continue
+        runs += 1
+        steps = r["curve"]["steps"][: len(vals)]
+        values += [
+            v
+            for v, s in zip(vals, steps, strict=True)
+            if v is not None and (until is None or s <= until)
+        ]
+    if not runs:
+        return None
+    q25, med, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q25), float(med), float(q75), runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

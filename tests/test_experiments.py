@@ -153,6 +153,60 @@ def test_summary_table_and_curve_band():
     assert steps_to_threshold(recs[0], 2.5) == 30 and steps_to_threshold(recs[0], 9) is None
 
 
+def test_curve_value_and_area_interpolate_the_recorded_curve():
+    from birl_lite.experiments import curve_auc, curve_value_at
+
+    rec = _record("E", "ppo", 0, [None, 1.0, 3.0], 2.0)  # steps 10, 20, 30; no episode by 10
+    assert curve_value_at(rec, 0) == 1.0 and curve_value_at(rec, 15) == 1.0  # first value held
+    assert curve_value_at(rec, 25) == 2.0 and curve_value_at(rec, 30) == 3.0
+    # [0, 20]: 1.0 held (area 20); [20, 30]: trapezoid (1 + 3) / 2 * 10 = 20; 40 / 30
+    assert curve_auc(rec, 30) == pytest.approx(4 / 3)
+    # [15, 20]: 5; [20, 25]: (1 + 2) / 2 * 5 = 7.5; 12.5 / 10
+    assert curve_auc(rec, 25, start=15) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="outside the recorded curve"):
+        curve_value_at(rec, 31)
+    with pytest.raises(ValueError, match="not inside the recorded curve"):
+        curve_auc(rec, 40)
+    with pytest.raises(ValueError, match="no finished episode"):
+        curve_value_at(_record("E", "ppo", 0, [None, None, None], 2.0), 20)
+
+
+def test_paired_table_matches_seeds_and_refuses_unpaired_ones():
+    from birl_lite.experiments import paired_table
+
+    a = [_record("E", "x", 0, [None, 1.0, 3.0], 1.0), _record("E", "x", 1, [None, 3.0, 5.0], 1.0)]
+    b = [_record("E", "y", 1, [None, 2.0, 8.0], 1.0), _record("E", "y", 0, [None, 2.0, 2.0], 1.0)]
+    final = {"final": lambda r: r["final_return"]}
+    (row,) = paired_table(a, b, final)
+    # seed 0: 3 - 2 = 1, seed 1: 5 - 8 = -3 (b listed in another order)
+    assert (row.metric, row.mean, row.wins, row.n, row.seeds) == ("final", -1.0, 1, 2, (0, 1))
+    assert row.half == pytest.approx(12.706 * 8**0.5 / 2**0.5)  # t * std / sqrt(n), std = sqrt(8)
+    # unpaired seeds are refused, not dropped
+    b2 = [b[1], _record("E", "y", 2, [None, 2.0, 2.0], 1.0)]
+    with pytest.raises(ValueError, match=r"unpaired seeds: only in a \[1\], only in b \[2\]"):
+        paired_table(a, b2, final)
+    with pytest.raises(ValueError, match=r"unpaired seeds: \[1\]"):
+        paired_table(a, b2, final, seeds=[0, 1])
+    (one,) = paired_table(a, b2, final, seeds=[0])  # an explicit common seed is fine
+    assert one.mean == 1.0 and one.n == 1 and one.half != one.half  # nan: no interval
+    with pytest.raises(ValueError, match="appears twice"):
+        paired_table(a + a[:1], b, final)
+    with pytest.raises(ValueError, match="mix env_ids"):
+        paired_table(a, [_record("F", "y", s, [None, 1.0, 1.0], 1.0) for s in (0, 1)], final)
+
+
+def test_diagnostic_quantiles_pool_updates_and_seeds():
+    from birl_lite.experiments import diagnostic_quantiles
+
+    r0, r1 = (_record("E", "x", s, [None, 1.0, 3.0], 1.0) for s in (0, 1))
+    r0["diagnostics"] = {"correction_ratio": [1.0, None, 3.0]}
+    r1["diagnostics"] = {"correction_ratio": [5.0, 7.0, 9.0]}
+    assert diagnostic_quantiles([r0, r1], "correction_ratio") == (3.0, 5.0, 7.0, 2)
+    early = diagnostic_quantiles([r0, r1], "correction_ratio", until=20)  # 1, 5, 7
+    assert early[1] == 5.0 and early[3] == 2
+    assert diagnostic_quantiles([r0, r1], "correction_cos") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Reliability: the name identifies the run, the folder is checked first, overrides are typed,
 # locks, strict JSON, no side effects of train() on torch's global state
