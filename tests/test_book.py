@@ -148,3 +148,15 @@ def test_code_in_markdown_names_its_language(path):
     cells = [c for c in _load(path)["cells"] if c["cell_type"] == "markdown"]
     bare = [where for c in cells for where, lang in _code_blocks("".join(c["source"])) if not lang]
     assert not bare, f"{len(bare)} code blocks without a language, in {bare}"
+
+
+def test_instructors_page_lists_every_chapter_and_claims_none_missing():
+    import birl_lite.exercises
+
+    page = (ROOT / "instructors.md").read_text(encoding="utf-8")
+    for name in re.findall(r"file:\s*(chapters/\S+)", TOC):
+        assert f"{{doc}}`{name}`" in page, f"{name} is not listed on the instructors page"
+    stale = re.compile(r"not yet (in|part of) the table of contents|in preparation|not yet written")
+    assert not stale.search(page), stale.search(page).group(0)
+    for checker in set(re.findall(r"`(check_\w+)`", page)):
+        assert hasattr(birl_lite.exercises, checker), f"no birl_lite.exercises.{checker}"
