@@ -596,3 +596,149 @@ def test_authors_preset_trains_and_differs_from_the_defaults(algo):
     run = train(make_config(algo, "CartPole-v1", total_steps=1024, seed=5, preset="authors"))
     got = _fingerprint(run)
     assert got[:3] != base[:3] and all(math.isfinite(x) for x in got[:3])
+
+
+# ---------------------------------------------------------------- continuous control (issue 14)
+
+
+def test_mujoco_ids_get_cleanrl_continuous_settings():
+    from birl_lite.actor_critic.config import CONTINUOUS_PRESET, is_mujoco
+
+    assert is_mujoco("Hopper-v5") and is_mujoco("InvertedDoublePendulum-v5")
+    assert not is_mujoco("Pendulum-v1") and not is_mujoco("CartPole-v1")
+    for algo in ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom"):
+        c = make_config(algo, "Hopper-v5", seed=1)
+        got = {k: getattr(c, k) for k in CONTINUOUS_PRESET}
+        assert got == CONTINUOUS_PRESET
+        assert (c.num_envs, c.num_steps, c.num_minibatches, c.update_epochs) == (1, 2048, 32, 10)
+        assert (c.actor_lr, c.critic_lr, c.clip_reward, c.normalize_obs) == (3e-4, 3e-4, True, True)
+        assert c.minibatch == ("transitions" if algo == "ppo" else "chunks")
+        assert c.clip_vloss == (algo == "ppo")
+        assert c.segment_length == (1 if algo == "ppo" else 64)
+    assert make_config("ppo", "Hopper-v5", num_steps=1024).num_steps == 1024  # overrides win
+    # everything else keeps its previous settings
+    assert make_config("ppo", "CartPole-v1") == ACConfig(algo="ppo")
+    pend = make_config("ppo", "Pendulum-v1")
+    assert (pend.minibatch, pend.clip_reward, pend.num_envs, pend.gamma) == (
+        "segments",
+        False,
+        4,
+        0.9,
+    )
+
+
+def test_minibatch_and_clip_reward_options_are_validated():
+    with pytest.raises(ValueError, match="minibatch must be one of"):
+        ACConfig(minibatch="random")
+    with pytest.raises(ValueError, match="minibatch='transitions' applies to algo='ppo' only"):
+        ACConfig(algo="blpo-nystrom", minibatch="transitions")
+    with pytest.raises(ValueError, match="must divide num_steps"):
+        ACConfig(algo="ppo", minibatch="chunks", num_steps=100, num_minibatches=8)
+    with pytest.raises(ValueError, match="must divide num_envs \\* num_steps"):
+        ACConfig(algo="ppo", minibatch="transitions", num_envs=1, num_steps=100, num_minibatches=8)
+    with pytest.raises(TypeError, match="clip_reward must be a bool"):
+        ACConfig(clip_reward=1)
+    with pytest.raises(TypeError, match="env_id must be a str"):
+        from birl_lite.actor_critic.config import is_mujoco
+
+        is_mujoco(3)
+    # chunks / transitions need not divide num_envs
+    assert ACConfig(algo="ppo", minibatch="transitions", num_envs=1, num_minibatches=32)
+
+
+def test_split_segments_reproduces_the_rollout_advantages():
+    """GAE within each chunk from the rollout critic plus ``gae_tail`` is the rollout's GAE; the
+    chunks tile the rollout; length 1 gives single transitions."""
+    from birl_lite.actor_critic.training import _build, prepare_batch, split_segments
+
+    cfg = make_config("blpo-nystrom", "CartPole-v1", num_envs=2, num_steps=64, minibatch="chunks")
+    envs = make_vector_env(cfg.env_id, cfg.num_envs)
+    try:
+        state = _build(cfg, envs)
+        ro = RolloutCollector(envs, state.actor, seed=0, gamma=cfg.gamma).collect(64)
+        batch = prepare_batch(state, ro, cfg, matrices=False)
+    finally:
+        envs.close()
+    assert ro.dones[:-1].sum() >= 2  # episodes end inside the rollout
+    c = split_segments(batch, 16, cfg)
+    assert c["obs"].shape == (16, 8, 4) and c["gae_matrix"].shape == (8, 16, 16)
+    # chunk j of env e is pseudo-env j * E + e
+    torch.testing.assert_close(c["obs"][:, 3 * 2 + 1], batch["obs"][48:64, 1], rtol=0, atol=0)
+    with torch.no_grad():
+        adv = differentiable_gae(
+            c["values"],
+            state.critic(c["next_obs"]),
+            c["rewards"],
+            c["terminated"],
+            c["gae_matrix"],
+            cfg.gamma,
+        )
+    assert float(c["gae_tail"].abs().max()) > 0.1
+    torch.testing.assert_close(adv + c["gae_tail"], c["adv"], rtol=1e-5, atol=1e-4)
+    assert torch.equal(c["gae_tail"][:, 6:], torch.zeros(16, 2))  # the last chunks: nothing after
+    t = split_segments(batch, 1, cfg, matrices=False)
+    assert t["obs"].shape == (1, 128, 4) and "gae_matrix" not in t
+    with pytest.raises(ValueError, match="length must be a divisor"):
+        split_segments(batch, 5, cfg)
+    with pytest.raises(ValueError, match="matrices=False"):
+        split_segments(prepare_batch(state, ro, cfg), 16, cfg)
+
+
+def test_clip_reward_clips_learning_rewards_not_episode_returns():
+    envs = make_vector_env("Pendulum-v1", 2)
+    try:
+        actor = Actor(3, 1, False, 8, torch.Generator().manual_seed(0), log_std_init=1.0)
+        col = RolloutCollector(envs, actor, seed=0, gamma=0.99, clip_reward=True)
+        ro = col.collect(200)
+    finally:
+        envs.close()
+    assert ro.rewards.min() == -10.0  # Pendulum's raw rewards reach below -10
+    assert (ro.rewards[:, 0] == -10.0).any() and len(col.episodes.returns) == 2
+    # env 0's first episode is steps 0-199: its recorded return is the raw, unclipped sum
+    assert col.episodes.returns[0] < float(ro.rewards[:, 0].sum()) - 1.0
+
+
+# 1,024 steps (CartPole seed 5; Pendulum num_steps 256 seed 2; the tracking task of
+# test_learning seed 2): the fingerprints of the code before the minibatch / clip_reward options
+_BEFORE_MINIBATCH = {
+    ("ppo-nested", "CartPole-v1"): (
+        0.6840361524518812,
+        136.5319151010445,
+        -22.261673386889015,
+        [26.0, 31.0, 12.0],
+    ),
+    ("ppo", "Pendulum-v1"): (
+        18.081531504933082,
+        133.9417386060581,
+        -1.5907806750910822,
+        [-1695.0129040563493, -1778.982008614378, -1274.1410635937966],
+    ),
+    ("blpo-nystrom", "Pendulum-v1"): (
+        17.414631261359318,
+        134.36797679071526,
+        -1.759144977084361,
+        [-1695.0129040563493, -1778.982008614378, -1274.1410635937966],
+    ),
+}
+
+
+@pytest.mark.parametrize("key", list(_BEFORE_MINIBATCH), ids=lambda k: "-".join(k))
+def test_defaults_are_bit_for_bit_the_code_before_the_continuous_preset(key):
+    algo, env_id = key
+    kw = {"num_steps": 256, "seed": 2} if env_id == "Pendulum-v1" else {"seed": 5}
+    res = train(make_config(algo, env_id, total_steps=1024, **kw))
+    assert _fingerprint(res) == _BEFORE_MINIBATCH[key]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "blpo-nystrom"])
+def test_hopper_smoke_training_is_deterministic(algo):
+    """The MuJoCo preset trains (shortened: 128-step rollouts, 4 minibatches, 1 epoch)."""
+    cfg = make_config(
+        algo, "Hopper-v5", total_steps=256, num_steps=128, num_minibatches=4, update_epochs=1
+    )
+    assert cfg.minibatch == ("transitions" if algo == "ppo" else "chunks")
+    a, b = train(cfg), train(cfg)
+    assert a.curve_steps == [128, 256] and len(a.episode_returns) > 0
+    assert a.episode_returns == b.episode_returns
+    assert _fingerprint(a) == _fingerprint(b)
+    assert all(math.isfinite(x) for x in _fingerprint(a)[:3])

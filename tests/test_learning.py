@@ -8,14 +8,41 @@ Checked against four planted bugs: a flipped PPO step fails the ppo tests, a fli
 the ppo-nested / blpo-* tests, value targets ``adv - V`` instead of ``adv + V`` the lambda = 1
 target test, and non-strict causal sums the causal-matrix test (short runs alone do not see the
 last two).
+
+The sign flip is also planted by the tests themselves (:func:`flipped`: every actor step reflected,
+``theta <- theta - (step the update took)``, for any algorithm). On CartPole-v1 a flipped run
+scores 9.2-9.85 at 16,384 steps (seeds 0 and 1, all four algorithms). With the continuous-control
+preset (CleanRL's settings: 1 env x 2,048 steps, 32 minibatches of single transitions for ppo and
+of 64-step chunks for the nested algorithms, 10 epochs, normalized observations and clipped
+normalized rewards) on the tracking task, 8,192 steps take ppo / blpo-nystrom from -19 (first 20
+episodes) to -11.1 / -11.1 (seed 0) and -10.9 / -10.6 (seed 1); flipped: -98 / -83 and -102 / -102.
 """
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from birl_lite.actor_critic import train
-from birl_lite.actor_critic.config import ALGOS, make_config
+from birl_lite.actor_critic.blpo import blpo_update
+from birl_lite.actor_critic.config import (
+    ALGOS,
+    CONTINUOUS_PER_ALGO,
+    CONTINUOUS_PRESET,
+    make_config,
+)
+from birl_lite.actor_critic.ppo import ppo_update
+
+
+def flipped(state, mb, cfg):
+    """The planted bug: ``cfg.algo``'s minibatch update with the actor's step reflected
+    (``theta <- 2 theta_before - theta_after``: the same Adam step, opposite sign)."""
+    before = [p.detach().clone() for p in state.actor_params]
+    info = (ppo_update if cfg.algo == "ppo" else blpo_update)(state, mb, cfg)
+    with torch.no_grad():
+        for p, b in zip(state.actor_params, before, strict=True):
+            p.copy_(2.0 * b - p)
+    return info
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -23,6 +50,13 @@ def test_every_algorithm_learns_cartpole(algo):
     """16k steps: every algorithm well above a random policy (22) and a sign-flipped one (10)."""
     res = train(make_config(algo, "CartPole-v1", total_steps=16_384, seed=0))
     assert res.final_return > 60.0, res.final_return
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_a_flipped_actor_step_fails_cartpole(algo):
+    """The same 16k-step runs with the planted sign flip stay far below the threshold (60)."""
+    res = train(make_config(algo, "CartPole-v1", total_steps=16_384, seed=0), update=flipped)
+    assert res.final_return < 20.0, res.final_return
 
 
 class TrackTarget(gym.Env):
@@ -55,6 +89,24 @@ def test_gaussian_policy_learns_to_track(algo):
     first = float(np.mean(res.episode_returns[:20]))
     assert first < -15.0
     assert res.final_return > -14.0, res.final_return
+
+
+@pytest.mark.parametrize("algo", ["ppo", "blpo-nystrom"])
+@pytest.mark.parametrize("flip", [False, True], ids=["correct", "flipped"])
+def test_continuous_preset_learns_to_track_and_a_flip_fails(algo, flip):
+    """The MuJoCo preset's code path (CleanRL's settings; transitions for ppo, chunks for
+    blpo-nystrom) on the tracking task: 8,192 steps reach better than -14 from -19; with the
+    actor's step flipped the return falls below -40 (-80 and -80 after 4,096 steps)."""
+    steps = 4096 if flip else 8192  # a flipped run is far below -40 after two rollouts already
+    kw = {**CONTINUOUS_PRESET, **CONTINUOUS_PER_ALGO[algo], "total_steps": steps, "seed": 0}
+    cfg = make_config(algo, "TrackTarget-v0", **kw)
+    assert cfg.num_envs == 1 and cfg.minibatch == ("transitions" if algo == "ppo" else "chunks")
+    res = train(cfg, update=flipped if flip else None)
+    assert float(np.mean(res.episode_returns[:20])) < -17.0
+    if flip:
+        assert res.final_return < -40.0, res.final_return
+    else:
+        assert res.final_return > -14.0, res.final_return
 
 
 def test_value_targets_are_monte_carlo_returns_at_lambda_one():

@@ -141,7 +141,9 @@ def blpo_direction(
 
     Args:
         state: holds ``actor``, ``critic``, their parameter lists and ``gen`` (Nystrom indices).
-        mb: minibatch tensors ``[T, m, ...]`` with ``gae_matrix`` and ``causal_matrix``.
+        mb: minibatch tensors ``[T, m, ...]`` with ``gae_matrix`` and ``causal_matrix`` (and,
+            for ``minibatch="chunks"``, ``gae_tail``: see
+            :func:`~birl_lite.actor_critic.training.split_segments`).
         cfg: hyperparameters; ``cfg.algo`` chooses the iHVP (``ppo-nested``: no correction).
         solver: override of the iHVP: ``"nystrom"``, ``"cg"`` or ``"none"`` (for ablations).
         rank, damping: overrides of the Nystrom rank (or CG's iterations) / of the damping
@@ -167,6 +169,8 @@ def blpo_direction(
     adv = differentiable_gae(
         values[0], values[1], mb["rewards"], mb["terminated"], mb["gae_matrix"], cfg.gamma
     )
+    if "gae_tail" in mb:  # minibatch="chunks": the rollout's advantage beyond the chunk, a constant
+        adv = adv + mb["gae_tail"]
     adv_scale = 1.0
     if cfg.norm_adv:  # statistics are constants (see ppo.normalize)
         adv_scale = 1.0 / (float(adv.std()) + 1e-8)

@@ -4,7 +4,9 @@ The defaults are the published BLPO settings for discrete control (Prakash et al
 section 8.1, and chapter 9, section 9.1): 4 envs x 128 steps, 4 epochs, gamma 0.99, lambda 0.95,
 clip 0.2, actor lr 2.5e-4, critic lr 1e-3, 3 nested critic steps, Nystrom rank 5, damping 50,
 correction norm bound 1.0, no entropy bonus, separate 64-64 tanh actor and critic.
-:data:`ENV_PRESETS` overrides a few of them per environment (Pendulum-v1).
+:data:`ENV_PRESETS` overrides a few of them per environment (Pendulum-v1), and
+:data:`CONTINUOUS_PRESET` replaces them with CleanRL's continuous-control settings on every MuJoCo
+environment (chapter 9, issue 14: the paper's main domain).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from .._validation import check_choice
 __all__ = [
     "ALGOS",
     "AUTHORS_PRESET",
+    "CONTINUOUS_PER_ALGO",
+    "CONTINUOUS_PRESET",
     "ENV_PRESETS",
+    "MINIBATCHES",
     "MIXED_TERMS",
     "NYSTROM_INDICES",
     "PRESETS",
     "ACConfig",
+    "is_mujoco",
     "make_config",
 ]
 
@@ -46,6 +52,11 @@ MIXED_TERMS = ("book", "authors")
 #: drawn once per run (the authors' code).
 NYSTROM_INDICES = ("fresh", "fixed")
 
+#: How a rollout is cut into minibatches (:attr:`ACConfig.minibatch`): whole env segments, the
+#: contiguous chunks of ``num_steps / num_minibatches`` steps of every env segment, or shuffled
+#: single transitions (CleanRL's; ``ppo`` only).
+MINIBATCHES = ("segments", "chunks", "transitions")
+
 #: Named settings (:attr:`ACConfig.preset`): ``"book"`` (the defaults) or ``"authors"``.
 PRESETS = ("book", "authors")
 
@@ -60,7 +71,8 @@ _AUTHORS_COMMON = {"anneal_lr": False, "clip_grad": False}
 #: joint actor-critic module, whose actor and critic are separate towers, so that with no
 #: gradient clip it is the book's two Adam optimizers with ``critic_lr = 2.5e-4`` (Adam is
 #: invariant to their value-loss coefficient up to its ``eps``). Not reproduced: their PPO's
-#: minibatches of shuffled single transitions (here, whole env segments for every algorithm) and
+#: minibatches of shuffled single transitions (here, whole env segments for every algorithm;
+#: ``minibatch="transitions"`` gives theirs for ``ppo``, a separate choice) and
 #: the ``+ I`` in their Nystrom core (chapter 7). The estimator of their code is a separate
 #: choice: ``mixed_term="authors"``, ``nystrom_indices="fixed"``.
 AUTHORS_PRESET: dict[str, dict] = {
@@ -87,6 +99,64 @@ ENV_PRESETS: dict[str, dict] = {
     },
 }
 
+#: CleanRL's ``ppo_continuous_action.py`` settings, which :func:`make_config` applies (in place of
+#: :data:`ENV_PRESETS`) to every MuJoCo environment (:func:`is_mujoco`: Hopper-v5, Walker2d-v5,
+#: HalfCheetah-v5, InvertedDoublePendulum-v5, ...): 1 env x 2048 steps, 10 epochs, 32
+#: minibatches, lr 3e-4 annealed, gamma 0.99, lambda 0.95, clip 0.2, no entropy bonus, gradient
+#: norm 0.5, 64-64 tanh networks, log-std initialised at 0, observations and rewards normalized
+#: (both clipped to +-10; actions are always clipped to the bounds in the rollout).
+#: The preset is keyed on a list of ids (the MuJoCo entry points), not on the action space, so
+#: Pendulum-v1 and custom ``Box`` environments keep their previous settings.
+#:
+#: Per algorithm: ``ppo`` shuffles single transitions into the 32 minibatches of 64, and clips
+#: its value loss, as CleanRL. The nested algorithms need trajectory structure (the advantages
+#: are recomputed from the updated critic along the trajectory, and the book's mixed term sums
+#: later losses of the episode), so they take the 32 contiguous 64-step chunks of the rollout
+#: (``minibatch="chunks"``: same number and size of minibatches; the advantage beyond a chunk's
+#: end is the rollout critic's, a constant). Differences from CleanRL that remain: two Adam
+#: optimizers (actor and critic, both at 3e-4, each clipped to norm 0.5) instead of one on the
+#: joint loss with ``vf_coef`` 0.5 (Adam is invariant to that coefficient up to its ``eps``),
+#: and the critic steps of the nested algorithms (``critic_steps`` 3).
+CONTINUOUS_PRESET: dict[str, object] = {
+    "num_envs": 1,
+    "num_steps": 2048,
+    "update_epochs": 10,
+    "num_minibatches": 32,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_coef": 0.2,
+    "actor_lr": 3e-4,
+    "critic_lr": 3e-4,
+    "anneal_lr": True,
+    "norm_adv": True,
+    "ent_coef": 0.0,
+    "max_grad_norm": 0.5,
+    "clip_grad": True,
+    "hidden": 64,
+    "log_std_init": 0.0,
+    "normalize_obs": True,
+    "normalize_reward": True,
+    "clip_reward": True,
+}
+
+#: The per-algorithm part of the continuous preset (see :data:`CONTINUOUS_PRESET`).
+CONTINUOUS_PER_ALGO: dict[str, dict] = {
+    "ppo": {"minibatch": "transitions", "clip_vloss": True},
+    "ppo-nested": {"minibatch": "chunks"},
+    "blpo-cg": {"minibatch": "chunks"},
+    "blpo-nystrom": {"minibatch": "chunks"},
+}
+
+
+def is_mujoco(env_id: str) -> bool:
+    """Whether ``env_id`` is a registered gymnasium MuJoCo environment (its entry point is in
+    ``gymnasium.envs.mujoco``), the ids :data:`CONTINUOUS_PRESET` applies to."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a str, got {type(env_id).__name__}")
+    spec = gym.registry.get(env_id)
+    entry = getattr(spec, "entry_point", None)
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
+
 
 @dataclass(frozen=True)
 class ACConfig:
@@ -101,9 +171,18 @@ class ACConfig:
         num_envs: parallel envs in the ``SyncVectorEnv`` (same-step autoreset).
         num_steps: steps per env per rollout; a rollout has ``num_envs * num_steps`` transitions.
         update_epochs: passes over each rollout.
-        num_minibatches: minibatches per epoch; each is ``num_envs / num_minibatches`` whole
-            env segments of ``num_steps`` contiguous steps (GAE runs along a trajectory, so BLPO
-            needs whole segments; every algorithm uses the same minibatches).
+        num_minibatches: minibatches per epoch, of ``batch_size / num_minibatches`` transitions
+            (what one minibatch holds depends on ``minibatch``).
+        minibatch: ``"segments"`` (default): each minibatch is ``num_envs / num_minibatches``
+            whole env segments of ``num_steps`` contiguous steps (GAE runs along a trajectory,
+            so BLPO needs whole segments; every algorithm uses the same minibatches).
+            ``"chunks"``: every env segment is cut into ``num_minibatches`` contiguous chunks of
+            ``num_steps / num_minibatches`` steps, and each minibatch is ``num_envs`` chunks
+            (with 1 env, one chunk); the nested algorithms recompute the advantages within the
+            chunk from the updated critic and add the rollout critic's advantage beyond its end,
+            discounted (a constant), so that at the rollout critic they equal the rollout's GAE.
+            ``"transitions"``: shuffled single transitions (CleanRL's PPO; ``ppo`` only, the
+            nested algorithms need trajectories).
         gamma: discount. gae_lambda: GAE lambda.
         clip_coef: PPO clipping epsilon.
         actor_lr, critic_lr: Adam learning rates (separate optimizers).
@@ -134,6 +213,8 @@ class ACConfig:
             observation of a truncated episode is normalized too).
         normalize_reward: divide rewards by the running std of the discounted return (as
             gymnasium's ``NormalizeReward``); episode statistics always record raw rewards.
+        clip_reward: clip the rewards used for learning (normalized, if ``normalize_reward``)
+            to ``[-10, 10]``, as CleanRL's continuous PPO.
         log_std_init: initial log standard deviation of the Gaussian policy (Box actions).
         mixed_term: the estimator of the mixed term ``grad^2_{theta w} L u`` (``blpo-*``):
             ``"book"`` (default; chapter 8, equation (eq-ac-mixed): each ratio paired with the
@@ -185,6 +266,8 @@ class ACConfig:
     clip_grad: bool = True
     clip_vloss: bool = False
     preset: str = "book"
+    minibatch: str = "segments"
+    clip_reward: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "algo", ALGOS)
@@ -192,6 +275,12 @@ class ACConfig:
         check_choice(self.mixed_term, "mixed_term", MIXED_TERMS)
         check_choice(self.nystrom_indices, "nystrom_indices", NYSTROM_INDICES)
         check_choice(self.preset, "preset", PRESETS)
+        check_choice(self.minibatch, "minibatch", MINIBATCHES)
+        if self.minibatch == "transitions" and self.algo != "ppo":
+            raise ValueError(
+                f"minibatch='transitions' applies to algo='ppo' only (the nested algorithms need "
+                f"contiguous trajectories: use 'chunks'), got algo={self.algo!r}"
+            )
         if self.preset == "authors":
             for name, value in AUTHORS_PRESET[self.algo].items():
                 if getattr(self, name) != value:
@@ -247,10 +336,21 @@ class ACConfig:
                 "ppo_critic_steps applies to algo='ppo' only (the nested algorithms take "
                 f"critic_steps), got algo={self.algo!r}"
             )
-        if self.num_envs % self.num_minibatches != 0:
+        if self.minibatch == "segments" and self.num_envs % self.num_minibatches != 0:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs ({self.num_envs}): "
-                "minibatches are whole env segments"
+                "minibatches are whole env segments (or set minibatch='chunks' / 'transitions')"
+            )
+        if self.minibatch == "chunks" and self.num_steps % self.num_minibatches != 0:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide num_steps "
+                f"({self.num_steps}) with minibatch='chunks': each env segment is cut into "
+                "num_minibatches chunks"
+            )
+        if self.minibatch == "transitions" and self.batch_size % self.num_minibatches != 0:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide num_envs * num_steps "
+                f"({self.batch_size}) with minibatch='transitions'"
             )
         for name in (
             "anneal_lr",
@@ -259,6 +359,7 @@ class ACConfig:
             "normalize_reward",
             "clip_grad",
             "clip_vloss",
+            "clip_reward",
         ):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -310,20 +411,36 @@ class ACConfig:
         """The number of rollouts in a run, ``ceil(total_steps / batch_size)``."""
         return -(-self.total_steps // self.batch_size)
 
+    @property
+    def segment_length(self) -> int:
+        """Steps per contiguous piece of trajectory that minibatches are made of: ``num_steps``
+        (``"segments"``), ``num_steps / num_minibatches`` (``"chunks"``) or 1
+        (``"transitions"``)."""
+        if self.minibatch == "segments":
+            return self.num_steps
+        if self.minibatch == "chunks":
+            return self.num_steps // self.num_minibatches
+        return 1
+
     def to_dict(self) -> dict:
         """The fields as a JSON-serializable dict."""
         return dataclasses.asdict(self)
 
 
 def make_config(algo: str, env_id: str, **overrides) -> ACConfig:
-    """An :class:`ACConfig` for ``algo`` on ``env_id``: defaults, then :data:`ENV_PRESETS`, then
-    :data:`AUTHORS_PRESET` if ``preset="authors"``, then ``overrides`` (unknown names raise
-    ``TypeError`` naming them; an override contradicting the preset raises ``ValueError``)."""
+    """An :class:`ACConfig` for ``algo`` on ``env_id``: defaults, then :data:`ENV_PRESETS` (or,
+    for a MuJoCo id, :data:`CONTINUOUS_PRESET` and its per-algorithm part
+    :data:`CONTINUOUS_PER_ALGO`), then :data:`AUTHORS_PRESET` if ``preset="authors"``, then
+    ``overrides`` (unknown names raise ``TypeError`` naming them; an override contradicting the
+    preset raises ``ValueError``)."""
     known = {f.name for f in dataclasses.fields(ACConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TypeError(f"unknown ACConfig field(s): {unknown}; known: {sorted(known)}")
-    kwargs = dict(ENV_PRESETS.get(env_id, {}))
+    if isinstance(env_id, str) and is_mujoco(env_id):
+        kwargs = {**CONTINUOUS_PRESET, **CONTINUOUS_PER_ALGO.get(algo, {})}
+    else:
+        kwargs = dict(ENV_PRESETS.get(env_id, {}))
     if overrides.get("preset") == "authors" and algo in AUTHORS_PRESET:
         kwargs.update(AUTHORS_PRESET[algo])
     kwargs.update(overrides)

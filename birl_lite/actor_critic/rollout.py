@@ -120,7 +120,9 @@ class RolloutCollector:
         seed: env ``i`` is reset with seed ``seed + i``; actions are drawn from
             ``numpy.random.default_rng(seed)``.
         gamma: discount of the return statistics used by reward normalization.
-        normalize_obs, normalize_reward: see :class:`~birl_lite.actor_critic.config.ACConfig`.
+        normalize_obs, normalize_reward, clip_reward: see
+            :class:`~birl_lite.actor_critic.config.ACConfig` (``clip_reward``: the rewards used
+            for learning are clipped to ``[-10, 10]`` after normalization).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class RolloutCollector:
         gamma: float,
         normalize_obs: bool = False,
         normalize_reward: bool = False,
+        clip_reward: bool = False,
     ) -> None:
         self.envs = envs
         self.actor = actor
@@ -142,6 +145,7 @@ class RolloutCollector:
             RunningMeanStd(envs.single_observation_space.shape) if normalize_obs else None
         )
         self.ret_rms = RunningMeanStd(()) if normalize_reward else None
+        self.clip_reward = bool(clip_reward)
         self.discounted = np.zeros(self.n)
         space = envs.single_action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)
@@ -202,6 +206,8 @@ class RolloutCollector:
                 self.ret_rms.update(self.discounted)
                 r = r / np.sqrt(self.ret_rms.var + 1e-8)
                 self.discounted[done] = 0.0
+            if self.clip_reward:
+                r = np.clip(r, -10.0, 10.0)
             self.ep_return[done] = 0.0
             self.ep_length[done] = 0
             rewards[t] = r

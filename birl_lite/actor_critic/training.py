@@ -6,7 +6,8 @@ Pseudo-code::
     for each rollout:
         collect num_steps vector steps with the actor                  (rollout.RolloutCollector)
         V(s_t), V(s'_t), log pi_old(a_t|s_t) in one batched pass; GAE; targets G_t = A_t + V(s_t)
-        for each epoch, for each minibatch of whole env segments:
+        (minibatch "chunks" / "transitions": cut the segments into pieces, split_segments)
+        for each epoch, for each minibatch of whole segments (or chunks, or transitions):
             ppo_update (ppo)  or  blpo_update (ppo-nested, blpo-cg, blpo-nystrom)
         record the learning curve (env steps, returns of the episodes completed, wall time)
 """
@@ -33,6 +34,7 @@ __all__ = [
     "final_return",
     "minibatch",
     "prepare_batch",
+    "split_segments",
     "train",
 ]
 
@@ -142,6 +144,53 @@ def prepare_batch(
     return batch
 
 
+def split_segments(
+    batch: dict[str, torch.Tensor], length: int, cfg: ACConfig, *, matrices: bool = True
+) -> dict[str, torch.Tensor]:
+    """Cut every env segment of a prepared batch (no matrices yet) into contiguous pieces of
+    ``length`` steps, which become the segments minibatches are drawn from (chapter 9: the
+    minibatches of the continuous-control preset, ``ACConfig.minibatch``).
+
+    Piece ``j`` of env ``e`` becomes pseudo-env ``j * E + e``: ``[T, E, ...]`` tensors become
+    ``[length, (T / length) * E, ...]``. With ``matrices``, adds the ``[E', length, length]``
+    ``gae_matrix`` and ``causal_matrix`` of the pieces (sums stop at a piece's end) and
+    ``gae_tail [length, E']``: the rollout's GAE advantage at the first step after the piece,
+    discounted by ``(gamma lambda)^(length - t)`` where the episode runs on, so that GAE within
+    the piece plus ``gae_tail`` is the rollout's advantage ``adv`` (up to float rounding); the
+    nested algorithms differentiate the first part only. ``length = 1`` gives single transitions.
+
+    Args:
+        batch: from :func:`prepare_batch` with ``matrices=False``.
+        length: piece length, a divisor of ``T``.
+        cfg: gives ``gamma`` and ``gae_lambda``.
+        matrices: whether to add the matrices and ``gae_tail`` (the nested algorithms need them).
+
+    Returns:
+        the new batch dict (the input is not modified).
+    """
+    if "gae_matrix" in batch:
+        raise ValueError("batch must come from prepare_batch(..., matrices=False)")
+    T, E = batch["rewards"].shape
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1 or T % length:
+        raise ValueError(f"length must be a divisor of T = {T}, got {length!r}")
+    k = T // length
+    out = {}
+    for key, v in batch.items():
+        rest = v.shape[2:]
+        out[key] = v.reshape(k, length, E, *rest).transpose(0, 1).reshape(length, k * E, *rest)
+    if matrices:
+        dones = out["dones"].numpy()
+        factor = cfg.gamma * cfg.gae_lambda
+        gae_m = discount_matrix(dones, factor)
+        out["gae_matrix"] = torch.from_numpy(gae_m)
+        out["causal_matrix"] = torch.from_numpy(discount_matrix(dones, 1.0, strict=True))
+        # the advantage at the first step of the next piece of the same env (0 after the last)
+        nxt = torch.cat([out["adv"][0, E:], torch.zeros(E, dtype=out["adv"].dtype)])
+        reach = torch.from_numpy(gae_m[:, :, -1]).T * (1.0 - out["dones"][-1])  # [length, E']
+        out["gae_tail"] = (factor * reach * nxt).to(out["adv"].dtype)
+    return out
+
+
 def minibatch(batch: dict[str, torch.Tensor], envs: torch.Tensor) -> dict[str, torch.Tensor]:
     """The whole segments of the envs ``envs`` (indices): ``[T, m, ...]`` tensors, ``[m, T, T]``
     matrices."""
@@ -206,14 +255,16 @@ def _train_seeded(
             gamma=cfg.gamma,
             normalize_obs=cfg.normalize_obs,
             normalize_reward=cfg.normalize_reward,
+            clip_reward=cfg.clip_reward,
         )
         log = collector.episodes
         result = TrainResult(cfg, log.steps, log.returns, log.lengths, log.wall, state=state)
         if update is None:
             update = ppo_update if cfg.algo == "ppo" else blpo_update
         nested = cfg.algo != "ppo"
-        E, T = cfg.num_envs, cfg.num_steps
-        per_mb = E // cfg.num_minibatches
+        T = cfg.num_steps
+        pieces = cfg.batch_size // cfg.segment_length  # segments minibatches are drawn from
+        per_mb = pieces // cfg.num_minibatches
         t0 = time.perf_counter()
         collector.t0 = t0
         for it in range(cfg.num_updates):
@@ -222,10 +273,14 @@ def _train_seeded(
                 state.actor_opt.param_groups[0]["lr"] = frac * cfg.actor_lr
                 state.critic_opt.param_groups[0]["lr"] = frac * cfg.critic_lr
             ro = collector.collect(T)
-            batch = prepare_batch(state, ro, cfg, matrices=nested)
+            if cfg.minibatch == "segments":
+                batch = prepare_batch(state, ro, cfg, matrices=nested)
+            else:
+                batch = prepare_batch(state, ro, cfg, matrices=False)
+                batch = split_segments(batch, cfg.segment_length, cfg, matrices=nested)
             sums: dict[str, float] = {}
             for _ in range(cfg.update_epochs):
-                perm = torch.randperm(E, generator=state.gen)
+                perm = torch.randperm(pieces, generator=state.gen)
                 for j in range(cfg.num_minibatches):
                     info = update(state, minibatch(batch, perm[j * per_mb : (j + 1) * per_mb]), cfg)
                     for key, value in (info or {}).items():
