@@ -601,13 +601,14 @@ def curve_auc(record: dict, until: float, start: float = 0.0) -> float:
 @dataclass(frozen=True)
 class PairedRow:
     """One metric of :func:`paired_table`: the mean over seeds of ``metric(a) - metric(b)``, the
-    half-width of its 95% Student-t interval (``nan`` for one seed), the number of seeds where
-    ``a`` is larger (``wins``), ``n`` and the seeds."""
+    half-width of its 95% Student-t interval (``nan`` for one seed), the numbers of seeds where
+    ``a`` is larger (``wins``) and where both are equal (``ties``), ``n`` and the seeds."""
 
     metric: str
     mean: float
     half: float
     wins: int
+    ties: int
     n: int
     seeds: tuple[int, ...]
 
@@ -662,10 +663,10 @@ def paired_table(
             raise ValueError(f"a and b mix {key}s {sorted(values)}: compare one setting")
     rows = []
     for name, fn in metrics.items():
-        mean, half, wins, n = paired_difference(
-            [fn(sa[s]) for s in seeds], [fn(sb[s]) for s in seeds]
-        )
-        rows.append(PairedRow(name, mean, half if n > 1 else math.nan, wins, n, tuple(seeds)))
+        va, vb = [fn(sa[s]) for s in seeds], [fn(sb[s]) for s in seeds]
+        mean, half, wins, n = paired_difference(va, vb)
+        ties = sum(x == y for x, y in zip(va, vb, strict=True))
+        rows.append(PairedRow(name, mean, half if n > 1 else math.nan, wins, ties, n, tuple(seeds)))
     return rows
 
 

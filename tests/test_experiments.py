@@ -179,7 +179,8 @@ def test_paired_table_matches_seeds_and_refuses_unpaired_ones():
     final = {"final": lambda r: r["final_return"]}
     (row,) = paired_table(a, b, final)
     # seed 0: 3 - 2 = 1, seed 1: 5 - 8 = -3 (b listed in another order)
-    assert (row.metric, row.mean, row.wins, row.n, row.seeds) == ("final", -1.0, 1, 2, (0, 1))
+    assert (row.metric, row.mean, row.wins, row.ties, row.n) == ("final", -1.0, 1, 0, 2)
+    assert row.seeds == (0, 1)
     assert row.half == pytest.approx(12.706 * 8**0.5 / 2**0.5)  # t * std / sqrt(n), std = sqrt(8)
     # unpaired seeds are refused, not dropped
     b2 = [b[1], _record("E", "y", 2, [None, 2.0, 2.0], 1.0)]
@@ -189,6 +190,8 @@ def test_paired_table_matches_seeds_and_refuses_unpaired_ones():
         paired_table(a, b2, final, seeds=[0, 1])
     (one,) = paired_table(a, b2, final, seeds=[0])  # an explicit common seed is fine
     assert one.mean == 1.0 and one.n == 1 and one.half != one.half  # nan: no interval
+    (tie,) = paired_table(a, b, {"at 20": lambda r: r["curve"]["return_last20"][1] // 2})
+    assert (tie.wins, tie.ties, tie.mean) == (0, 1, -0.5)  # 0 vs 1, 1 vs 1
     with pytest.raises(ValueError, match="appears twice"):
         paired_table(a + a[:1], b, final)
     with pytest.raises(ValueError, match="mix env_ids"):

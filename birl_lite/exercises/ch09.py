@@ -1,4 +1,5 @@
-"""Checker for the coding exercise of chapter 9 (generalized advantage estimation)."""
+"""Checkers for the coding exercises of chapter 9 (generalized advantage estimation; the area under
+a learning curve)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ..actor_critic.rollout import gae
+from ..experiments import curve_auc
 from ._common import Case, run_cases
 
-__all__ = ["check_gae"]
+__all__ = ["check_curve_auc", "check_gae"]
 
 
 def check_gae(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float = 1e-9) -> bool:
@@ -34,3 +36,33 @@ def check_gae(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float = 1e-9
             )
 
     return run_cases(fn, cases(), what="birl_lite.actor_critic.gae", atol=atol, rtol=0.0)
+
+
+def check_curve_auc(fn: Callable, n_cases: int = 20, seed: int = 0) -> bool:
+    """Check a reader's ``fn(steps, values, until)`` against :func:`birl_lite.experiments.curve_auc`
+    (the mean of the learning curve over ``[0, until]``) on random curves: ``steps`` increasing
+    integers (numpy, unevenly spaced), ``values`` floats with ``nan`` before the first finished
+    episode, ``0 < until <= steps[-1]``. Prints PASS or FAIL with the first mismatch; returns
+    whether all cases passed."""
+
+    def cases():
+        rng = np.random.default_rng(seed)
+        for _ in range(n_cases):
+            T = int(rng.integers(2, 12))
+            steps = np.sort(rng.choice(np.arange(1, 1000), size=T, replace=False))
+            values = rng.normal(0.0, 10.0, size=T)
+            values[: int(rng.integers(0, T))] = np.nan  # no finished episode yet
+            until = float(rng.integers(1, steps[-1] + 1))
+            record = {
+                "curve": {
+                    "steps": steps.tolist(),
+                    "return_last20": [None if np.isnan(v) else float(v) for v in values],
+                }
+            }
+            yield Case(
+                label=f"T={T}, until={until:g}, {int(np.isnan(values).sum())} leading nan",
+                args=(steps, values, until),
+                expected=curve_auc(record, until),
+            )
+
+    return run_cases(fn, cases(), what="birl_lite.experiments.curve_auc", atol=1e-9, rtol=1e-9)
