@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The experiment of chapter 6: reward learning from comparisons, arms A-E (birl_lite.rlhf_tabular).
 # Resumable: rerun to continue; finished runs are skipped (one JSON file per run).
-#   bash tools/sweep_rlhf_tabular.sh          (about 20 minutes on one core)
+#   bash tools/sweep_rlhf_tabular.sh          (about 35 minutes on one core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 GRID=(--lengths 1 5 25 --budgets 60 600)
 # 1. step sizes, per arm and setting, on tuning seeds 100-104 (kept apart from the reported seeds)
-"$PY" -m birl_lite.rlhf_tabular "${GRID[@]}" --lrs 0.1 0.3 1 3 10 30 --hyper-scales 1 0.1 0.01 \
+"$PY" -m birl_lite.rlhf_tabular "${GRID[@]}" --lrs 0.01 0.03 0.1 0.3 1 3 10 30 100 --hyper-scales 1 0.1 0.01 \
     --seeds 100-104 --out results/rlhf_tabular/tuning --quiet
 # 2. the reported runs: 20 seeds at each setting's tuned step size
 "$PY" -m birl_lite.rlhf_tabular "${GRID[@]}" --tuned-from results/rlhf_tabular/tuning \
