@@ -543,6 +543,9 @@ class RLHFConfig:
         delay: iterations after the initial phase with the hyper term off (their delay).
         hyper_scale: a factor on the hyper term (1: the exact coefficient ``1/tau``; smaller
             values are the control "is it only too large?").
+        optimizer: ``"gd"``, gradient descent with step ``lr / L``; or ``"adam"`` (the authors'
+            optimizer), Adam with step ``lr`` and default moments, its state kept across
+            iterations (not for the ensemble arm).
         n_members: ensemble size (arm ``"ensemble"``); pool_factor: candidates per query.
         n_heldout: held-out pairs for the accuracy; size, gamma: of the map.
         features: the reward model (:func:`comparison_task`).
@@ -562,6 +565,7 @@ class RLHFConfig:
     tau: float = 0.1
     delay: int = 1
     hyper_scale: float = 1.0
+    optimizer: str = "gd"
     n_members: int = 5
     pool_factor: int = 4
     n_heldout: int = 1000
@@ -573,6 +577,9 @@ class RLHFConfig:
     def __post_init__(self) -> None:
         check_choice(self.arm, "arm", ARMS)
         check_choice(self.features, "features", ("rbf", "table"))
+        check_choice(self.optimizer, "optimizer", ("gd", "adam"))
+        if self.optimizer == "adam" and self.arm == "ensemble":
+            raise ValueError("optimizer='adam' is not implemented for arm 'ensemble'")
         for name, minimum in (
             ("fragment_length", 1),
             ("budget", 2),
@@ -630,6 +637,21 @@ def _hyper(
     return (term if cfg.arm == "full" else -term) @ ctask.features
 
 
+class _Adam:
+    """Adam on a vector (Kingma and Ba, 2015; beta1 0.9, beta2 0.999, eps 1e-8)."""
+
+    def __init__(self, n: int, lr: float) -> None:
+        self.lr, self.t = lr, 0
+        self.m, self.v = np.zeros(n), np.zeros(n)
+
+    def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * g
+        self.v = 0.999 * self.v + 0.001 * g * g
+        m_hat, v_hat = self.m / (1 - 0.9**self.t), self.v / (1 - 0.999**self.t)
+        return x - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
 def _train_reward(
     cfg: RLHFConfig,
     ctask,
@@ -639,6 +661,7 @@ def _train_reward(
     steps: int,
     hyper: bool,
     n_fresh: int,
+    adam: _Adam | None = None,
 ) -> tuple[np.ndarray, float]:
     """``steps`` gradient steps on ``x``; returns ``(x, ||hyper|| / ||loss gradient||)``."""
     lr = cfg.lr / cfg.fragment_length
@@ -651,7 +674,7 @@ def _train_reward(
             h = _hyper(cfg, ctask, pi, data, losses, n_fresh)
             ratio = float(np.linalg.norm(h) / max(np.linalg.norm(g), 1e-300))
             g = g + cfg.hyper_scale * h
-        x = x - lr * g
+        x = x - lr * g if adam is None else adam.step(x, g)
         if not np.abs(x).max() <= _DIVERGED:
             break
     return x, ratio
@@ -716,6 +739,7 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
     n = ctask.features.shape[1]
     X = 0.1 * rng.standard_normal((cfg.n_members, n)) if ensemble else None
     x = np.zeros(n)
+    adam = _Adam(n, cfg.lr) if cfg.optimizer == "adam" else None
     n_initial = cfg._n_initial()
     per_iter = np.diff(np.linspace(0, cfg.budget - n_initial, cfg.n_iter + 1).round()).astype(int)
     curve = {k: [] for k in ("comparisons", "true_return", "accuracy", "coverage", "hyper_ratio")}
@@ -757,7 +781,7 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
                 bad = not np.abs(X).max() <= _DIVERGED
             else:
                 hyper = cfg.arm != "loss" and k > cfg.delay
-                x, ratio = _train_reward(cfg, ctask, x, pi, data, steps, hyper, n_new)
+                x, ratio = _train_reward(cfg, ctask, x, pi, data, steps, hyper, n_new, adam)
                 bad = not np.abs(x).max() <= _DIVERGED
         if bad:  # the step size is too large for this arm: the run records where it stopped
             diverged = k
@@ -801,6 +825,17 @@ def _seeds(spec: list[str]) -> list[int]:
     return seeds
 
 
+def _config_difference(stored: dict, planned: dict) -> list[str]:
+    """Fields that differ; a field missing from a file made before it existed counts as its
+    default (new fields always default to the previous behaviour)."""
+    defaults = RLHFConfig().to_dict()
+    return sorted(
+        k
+        for k in set(stored) | set(planned)
+        if stored.get(k, defaults.get(k)) != planned.get(k, defaults.get(k))
+    )
+
+
 def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
     from .experiments import _Lock, _read_record
 
@@ -810,10 +845,7 @@ def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
     try:
         record = _read_record(path)
         if record is not None and record.get("complete"):
-            stored = record.get("config", {})
-            diff = sorted(
-                k for k in set(stored) | set(cfg.to_dict()) if stored.get(k) != cfg.to_dict().get(k)
-            )
+            diff = _config_difference(record.get("config", {}), cfg.to_dict())
             if diff:
                 raise ValueError(
                     f"results file {path} holds a finished run with another configuration "
@@ -845,8 +877,14 @@ def final_return(record: dict) -> float:
 
 
 def setting_of(config: dict) -> tuple:
-    """``(arm, hyper_scale, fragment_length, budget)``: what a step size is tuned for."""
-    return (config["arm"], config["hyper_scale"], config["fragment_length"], config["budget"])
+    """``(arm, hyper_scale, fragment_length, budget, optimizer)``: what a step size is tuned for."""
+    return (
+        config["arm"],
+        config["hyper_scale"],
+        config["fragment_length"],
+        config["budget"],
+        config.get("optimizer", "gd"),
+    )
 
 
 def tuned_lrs(records: list[dict]) -> dict[tuple, float]:
@@ -889,6 +927,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         help="factors on the hyper term (arms truncated, full, flipped only)",
     )
     parser.add_argument("--tuned-from", type=Path, default=None, help="folder of tuning runs")
+    parser.add_argument("--optimizer", default="gd", choices=("gd", "adam"))
     parser.add_argument("--seeds", nargs="+", default=["0-19"], help="e.g. 0-19 or 0 3 5")
     parser.add_argument("--out", type=Path, default=Path("results/rlhf_tabular"))
     parser.add_argument("--quiet", action="store_true")
@@ -904,15 +943,22 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
             for arm in args.arms:
                 scales = args.hyper_scales if arm in ("truncated", "full", "flipped") else [1.0]
                 for scale in scales:
+                    key = (arm, scale, L, N, args.optimizer)
                     if tuned is not None:
-                        if (arm, scale, L, N) not in tuned:
-                            raise ValueError(f"no tuning runs for {(arm, scale, L, N)}")
-                        lrs = [tuned[(arm, scale, L, N)]]
+                        if key not in tuned:
+                            raise ValueError(f"no tuning runs for {key}")
+                        lrs = [tuned[key]]
                     else:
                         lrs = args.lrs
                     plan += [
                         RLHFConfig(
-                            arm=arm, fragment_length=L, budget=N, lr=lr, hyper_scale=scale, seed=s
+                            arm=arm,
+                            fragment_length=L,
+                            budget=N,
+                            lr=lr,
+                            hyper_scale=scale,
+                            optimizer=args.optimizer,
+                            seed=s,
                         )
                         for lr in lrs
                         for s in _seeds(args.seeds)

@@ -216,7 +216,9 @@ def test_tuned_lrs_picks_the_best_mean_and_refuses_unpaired_seeds():
 
     records = [rec(0.1, 0, 0.2), rec(0.1, 1, 0.4), rec(1.0, 0, 0.9), rec(1.0, 1, 0.5, diverged=3)]
     ((setting, lr),) = rt.tuned_lrs(records).items()
-    assert setting == ("loss", 1.0, 5, 600) and lr == 0.1  # a diverged seed rules a step size out
+    assert (
+        setting == ("loss", 1.0, 5, 600, "gd") and lr == 0.1
+    )  # a diverged seed rules a step size out
     with pytest.raises(ValueError, match="different seeds"):
         rt.tuned_lrs(records[:3])
 
@@ -253,3 +255,19 @@ def test_a_diverging_step_size_is_recorded_not_raised():
     assert record["diverged_at"] is not None
     assert len(record["curve"]["true_return"]) == record["diverged_at"] + 1
     assert rt.final_return(record) == float("-inf")
+
+
+def test_adam_option_learns_and_old_files_without_the_field_still_match(tmp_path):
+    cfg = rt.RLHFConfig(arm="loss", fragment_length=5, budget=600, lr=0.1, optimizer="adam")
+    ret, acc = _final(rt.rlhf_run(cfg))
+    assert ret > 0.5 and acc > 0.65, (ret, acc)
+    with pytest.raises(ValueError, match="ensemble"):
+        rt.RLHFConfig(arm="ensemble", optimizer="adam")
+    # a results file written before the optimizer field existed is a finished gd run
+    argv = ["--arms", "loss", "--lengths", "1", "--budgets", "40", "--seeds", "0", "--quiet"]
+    rt.main([*argv, "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    del record["config"]["optimizer"]
+    path.write_text(json.dumps(record))
+    assert rt.main([*argv, "--out", str(tmp_path)])["skipped"] == 1
