@@ -14,7 +14,7 @@ ONE_THREAD = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 # _config.yml whose execute_notebooks is 'off': each notebook is executed once, not twice.
 NOEXEC_CONFIG = _build/_config_noexec.yml
 
-.PHONY: setup book lab test lint unit notebooks chapter build build-noexec browser-test constraints clean
+.PHONY: setup book lab test lint unit notebooks chapter build build-noexec browser-test constraints clean student
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ build-noexec: setup
 	  ext.update((k, os.path.abspath(v)) for k, v in ext.items()); \
 	  yaml.safe_dump(c, open('$(NOEXEC_CONFIG)', 'w'))"
 	$(BIN)/jupyter-book build . -W -n --keep-going --config $(NOEXEC_CONFIG)
+
+# The student edition of the chapters, to hand out: solution dropdowns and solution cells removed,
+# exercise cells left as their (failing) first attempts, outputs cleared; then each notebook is run
+# in a fresh kernel to check that it still executes through its exercises (tools/student_edition.py).
+# student/ is a sibling of chapters/ (chapters read ../results/) and is ignored by git.
+STUDENT_DIR ?= student
+student: setup
+	$(ONE_THREAD) $(BIN)/python tools/student_edition.py $(STUDENT_DIR)
 
 # Run the chapters locally in JupyterLab, with the project's kernel (the .venv Python, birl_lite installed).
 # (--allow-root only when run as root, e.g. in a container.)
