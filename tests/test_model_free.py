@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import birl_lite as bl
-from birl_lite.exercises.ch05 import check_mc_returns
+from birl_lite.exercises.ch05 import check_mc_returns, check_sampled_hypergradient
 from birl_lite.first_order import hypergradient, return_hypergradient
 from birl_lite.model_free import (
     ModelFreeProblem,
@@ -266,3 +266,18 @@ def test_model_free_package_reexports_its_submodules():
         seen.update(module.__all__)
     assert seen == set(mf.__all__)
     assert not set(names) & set(mf.__all__)  # no module shares its name with what it exports
+
+
+def test_sampled_hypergradient_checker_accepts_the_estimator_and_rejects_a_mean_over_steps(capsys):
+    """Exercise 5.5: eq-mf-estimator from the critics, divided by the episodes E, not the steps N."""
+
+    def estimate(s, a, n_episodes, pi, Q_U, Gq, tau, per_step=False):
+        A_U = Q_U - (pi * Q_U).sum(dim=1, keepdim=True)
+        B = Gq - torch.einsum("sa,san->sn", pi, Gq).unsqueeze(1)
+        terms = A_U[torch.as_tensor(s), torch.as_tensor(a)].unsqueeze(1) * B[s, a]
+        return -(terms.mean(dim=0) if per_step else terms.sum(dim=0) / n_episodes) / tau
+
+    assert check_sampled_hypergradient(estimate)
+    assert not check_sampled_hypergradient(lambda *args: estimate(*args, per_step=True))
+    out = capsys.readouterr().out
+    assert out.startswith("PASS") and "FAIL on case 1" in out  # gamma = 0: N = E, caught at case 1

@@ -8,7 +8,7 @@ from .ch01 import check_logit_hessian, check_soft_bellman
 from .ch02 import check_hyperobjective, check_potential_shaping
 from .ch03 import check_adjoint, check_h1, check_lower_level_share
 from .ch04 import check_adjoint_step, check_myopic_direction
-from .ch05 import check_mc_returns, check_truncation_gap
+from .ch05 import check_mc_returns, check_sampled_hypergradient, check_truncation_gap
 from .ch06 import check_bradley_terry_loss
 from .ch07 import check_woodbury
 from .ch08 import check_causal_sums
@@ -27,6 +27,7 @@ __all__ = [
     "check_mc_returns",
     "check_myopic_direction",
     "check_potential_shaping",
+    "check_sampled_hypergradient",
     "check_soft_bellman",
     "check_truncation_gap",
     "check_woodbury",

@@ -1,5 +1,5 @@
 """Checkers for the coding exercises of chapter 5 (Monte Carlo returns with geometric restarts,
-the term the truncated estimator drops)."""
+the term the truncated estimator drops, the sampled hypergradient from its critics)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..envs import TabularEnv
 from ..first_order import return_hypergradient
 from ..mdp import random_mdp, random_reward
-from ..model_free import Transitions, mc_returns
+from ..model_free import Transitions, fit_critic, hypergradient_from_batch, mc_returns
+from ..model_free import sample_transitions as _sample
 from ._common import Case, run_cases
 
-__all__ = ["check_mc_returns", "check_truncation_gap"]
+__all__ = ["check_mc_returns", "check_sampled_hypergradient", "check_truncation_gap"]
 
 
 def _case(k: int, seed: int):
@@ -101,4 +103,54 @@ def check_truncation_gap(
         what="grad_x Q* - grad_x V* minus the truncated bracket (return_hypergradient)",
         atol=1e-10,
         rtol=rtol,
+    )
+
+
+def _estimator_case(k: int, seed: int):
+    """A batch sampled with a random policy, its two critics, and the package's estimate."""
+    gen = torch.Generator().manual_seed(2000 * seed + k)
+    S = int(torch.randint(2, 7, (1,), generator=gen))
+    A = int(torch.randint(2, 4, (1,), generator=gen))
+    n = int(torch.randint(1, 4, (1,), generator=gen))
+    gamma = (0.0, 0.5, 0.8, 0.9)[k % 4]
+    tau = 0.2 + float(torch.rand((), generator=gen, dtype=torch.float64))
+    mdp = random_mdp(S, A, 300 * seed + k, gamma=gamma)
+    r_U = random_reward(S, A, 300 * seed + k + 1)
+    pi = torch.softmax(torch.randn(S, A, generator=gen, dtype=torch.float64), dim=1)
+    r = torch.randn(S, A, generator=gen, dtype=torch.float64)
+    dr = torch.randn(S, A, n, generator=gen, dtype=torch.float64)
+    batch = _sample(TabularEnv(mdp, r_U), pi, 200 + 50 * k, gamma, seed=[seed, k])
+    crit = fit_critic(batch, pi, dr, tau, r)
+    expected = hypergradient_from_batch(
+        batch, pi, torch.zeros(n, dtype=torch.float64), tau, r, dr, centring="policy"
+    ).grad
+    args = (batch.s.copy(), batch.a.copy(), batch.n_episodes, pi, crit.Q_U, crit.Gq, tau)
+    label = f"S={S}, A={A}, n={n}, gamma={gamma:g}, N={len(batch)}, E={batch.n_episodes}"
+    return Case(label=label, args=args, expected=expected)
+
+
+def check_sampled_hypergradient(
+    fn: Callable, n_cases: int = 12, seed: int = 0, rtol: float = 1e-9
+) -> bool:
+    """Check a reader's sampled hypergradient (chapter 5, :eq:`eq-mf-estimator`, ``g = 0``).
+
+    The reader's function is called as ``fn(s, a, n_episodes, pi, Q_U, Gq, tau)`` with ``s``, ``a``
+    the sampled states and actions (int arrays ``[N]``), ``n_episodes`` the number of episodes
+    ``E`` of the batch, ``pi [S, A]`` the policy that sampled it, ``Q_U [S, A]`` and
+    ``Gq [S, A, n]`` the two critics fitted on the batch
+    (:func:`~birl_lite.model_free.critics.fit_critic`) and ``tau`` the temperature. It must return
+    ``[n]``: ``-(1 / (tau E)) sum_t A_U(s_t, a_t) (Gq(s_t, a_t) - G_V(s_t))`` with both centred by
+    ``pi``: ``A_U = Q_U - sum_b pi(b|s) Q_U(s, b)``, ``G_V(s) = sum_b pi(b|s) Gq(s, b)``. The
+    reference is :func:`~birl_lite.model_free.estimators.hypergradient_from_batch` with
+    ``centring="policy"`` on the same batch (12 random MDPs, ``gamma`` from 0 to 0.9).
+
+    Prints ``PASS`` or ``FAIL`` with the first mismatch; returns whether all cases passed.
+    """
+    cases = (_estimator_case(k, seed) for k in range(n_cases))
+    return run_cases(
+        fn,
+        cases,
+        what="hypergradient_from_batch(centring='policy')",
+        rtol=rtol,
+        relative_norm=True,
     )
