@@ -17,32 +17,28 @@ policy's trajectories are). ``f`` depends on ``pi`` only through the *data distr
 * the **direct term** ``grad_x f`` with the data held fixed: fit the labels of the comparisons
   the current policy produces (exploitation of the data one has);
 * the **policy-dependence term** ``(1/tau) sum G (grad_x Q* - grad_x V*)``: move the reward so
-  that the policy produces comparisons on which the loss is lower, i.e. pairs of states whose true
-  rewards differ and are ranked right; that pushes the visitation to spread over states of
-  different value (exploration, chapter 6).
+  that the policy produces comparisons on which the loss is lower, that is comparisons the
+  current reward already ranks right. It equals ``(1 - gamma)`` times the return hypergradient of
+  the state reward ``c(s) = 2 sum_s' mu_pi(s') l(x_s - x_s'; p(s, s'))`` (chapter 6, equation
+  (eq-pref-policy-return)): descending it steers the agent toward low-loss states.
 
-:func:`train` runs gradient descent with the full hypergradient or the direct term alone, and
-records state coverage, the true return of ``pi*_x`` and the loss; ``python -m
-birl_lite.preference --seeds 0 1 2 3 4 --out results/exploration`` runs the seed sweep of the
-chapter into one JSON file per seed (atomic writes; finished seeds are skipped).
+The split is exact here (model-based, expectations in place of samples); chapter 6 uses it to show
+which way the policy-dependence term pushes. The sampled reward-learning loop, with fragments,
+labels and the arms of the chapter's experiment, is :mod:`birl_lite.rlhf_tabular`.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import kernels
-from ._io import write_json_atomic
 from ._validation import DTYPE, ArrayLike, as_tensor, check_positive_int, check_real, check_tau
 from .first_order import hypergradient, upper_gradients
 from .mdp import TabularTask, gridworld
 from .problems import BilevelProblem
-from .soft import expected_return
 
 __all__ = [
     "bradley_terry_loss",
@@ -50,10 +46,6 @@ __all__ = [
     "preference_problem",
     "HypergradientSplit",
     "hypergradient_split",
-    "PreferenceHistory",
-    "train",
-    "run_seed",
-    "main",
 ]
 
 
@@ -228,131 +220,3 @@ def hypergradient_split(
         mu=mu,
         V=res.V,
     )
-
-
-@dataclass
-class PreferenceHistory:
-    """Per-iterate records of :func:`train` (lists of floats, ``k = 0..n_iter``).
-
-    Attributes:
-        coverage: effective number of states visited, ``exp(entropy(mu_k)) / S`` in ``(0, 1]``.
-        true_return: return of ``pi*_{x_k}`` under the hidden reward, normalized to ``[0, 1]``
-            between the worst and the best state (``(1 - gamma) J / ...``).
-        loss: expected Bradley-Terry loss of on-policy pairs ``f(x_k, pi*_{x_k})`` without ridge.
-        phi: ``f`` with the ridge.
-        policy_share: ``||policy term|| / (||direct|| + ||policy term||)``.
-    """
-
-    coverage: list = field(default_factory=list)
-    true_return: list = field(default_factory=list)
-    loss: list = field(default_factory=list)
-    phi: list = field(default_factory=list)
-    policy_share: list = field(default_factory=list)
-
-
-def _record(hist: PreferenceHistory, problem: PreferenceProblem, split: HypergradientSplit) -> None:
-    mu = split.mu.clamp_min(1e-300)
-    S = problem.mdp.n_states
-    hist.coverage.append(float(torch.exp(-(mu * mu.log()).sum())) / S)
-    r = problem.r_true
-    J = float(expected_return(problem.mdp, split.pi, problem.reward_fn(r))) * (
-        1 - problem.mdp.gamma
-    )
-    lo, hi = float(r.min()), float(r.max())
-    hist.true_return.append((J - lo) / (hi - lo))
-    hist.loss.append(float(split.loss))
-    hist.phi.append(float(split.phi))
-    nd, npol = float(split.direct.norm()), float(split.policy.norm())
-    hist.policy_share.append(npol / max(nd + npol, 1e-300))
-
-
-def train(
-    problem: PreferenceProblem, method: str = "full", *, beta: float = 2.0, n_iter: int = 100
-) -> tuple[torch.Tensor, PreferenceHistory]:
-    """Gradient descent on ``phi`` with the full hypergradient or the direct term alone.
-
-    ``x_{k+1} = x_k - beta h_k`` with ``h_k = direct + policy`` (``method="full"``) or
-    ``h_k = direct`` (``method="direct"``: refit the reward to the comparisons of the current
-    policy, ignoring that moving the reward moves the data). Exact split at every step.
-
-    Returns:
-        ``(x_K, history)``.
-    """
-    if method not in ("full", "direct"):
-        raise ValueError(f"method must be 'full' or 'direct', got {method!r}")
-    beta = check_real(beta, "beta")
-    n_iter = check_positive_int(n_iter, "n_iter", 0)
-    x = problem.x0.clone()
-    hist = PreferenceHistory()
-    V = None
-    for k in range(n_iter + 1):
-        split = hypergradient_split(problem, x, V0=V)
-        V = split.V
-        _record(hist, problem, split)
-        if k == n_iter:
-            break
-        h = split.full if method == "full" else split.direct
-        x = x - beta * h
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"train diverged at step {k} (beta={beta:g})")
-    return x, hist
-
-
-def run_seed(
-    seed: int, *, n_iter: int = 150, beta: float = 2.0, misleading: float = 1.0, size: int = 5
-) -> dict:
-    """Both methods on the instance of ``seed``; a JSON-serializable dict of their histories."""
-    problem = preference_problem(seed, size=size, misleading=misleading)
-    out = {
-        "seed": seed,
-        "n_iter": n_iter,
-        "beta": beta,
-        "misleading": misleading,
-        "size": size,
-        "tau": problem.tau,
-        "lam": problem.lam,
-        "label_beta": problem.label_beta,
-    }
-    for method in ("full", "direct"):
-        _, hist = train(problem, method, beta=beta, n_iter=n_iter)
-        out[method] = {
-            k: getattr(hist, k) for k in ("coverage", "true_return", "loss", "phi", "policy_share")
-        }
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: the chapter 6 seed sweep, one JSON file per seed and setting (resumable)."""
-    parser = argparse.ArgumentParser(
-        description="Preference learning: full hypergradient vs direct term"
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--out", type=Path, default=Path("results/exploration"))
-    parser.add_argument("--n-iter", type=int, default=150)
-    parser.add_argument("--beta", type=float, default=2.0)
-    parser.add_argument(
-        "--misleading",
-        type=float,
-        nargs="+",
-        default=[1.0, 0.0],
-        help="strengths of the misleading initial reward (0: neutral start)",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for m in args.misleading:
-        for seed in args.seeds:
-            # the name holds every setting of the run, so another setting never reuses it
-            path = (
-                args.out / f"misleading{m:g}_niter{args.n_iter}_beta{args.beta:g}_seed{seed}.json"
-            )
-            if path.exists():
-                print(f"skip {path.name} (done)")
-                continue
-            data = run_seed(seed, n_iter=args.n_iter, beta=args.beta, misleading=m)
-            write_json_atomic(path, data)
-            print(f"wrote {path.name}")
-
-
-if __name__ == "__main__":
-    main()

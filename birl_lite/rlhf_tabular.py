@@ -87,7 +87,7 @@ __all__ = [
     "main",
 ]
 
-#: the arms of the experiment (chapter 6): A-E
+#: The arms A-E of the experiment of chapter 6, in order.
 ARMS = ("loss", "truncated", "full", "flipped", "ensemble")
 
 
@@ -715,7 +715,8 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
     the labelled windows, and the ratio ``||hyper term|| / ||loss gradient||``.
 
     Returns:
-        a JSON-serializable dict: ``config``, ``curve`` (lists) and ``wall_time``.
+        The record of the run (JSON-serializable), with keys ``config``, ``curve`` (lists),
+        ``diverged_at`` and ``wall_time``.
     """
     if not isinstance(cfg, RLHFConfig):
         raise TypeError(f"cfg must be an RLHFConfig, got {type(cfg).__name__}")

@@ -1,7 +1,5 @@
 """Tests of birl_lite.preference: the Bradley-Terry upper level and the direct / policy split."""
 
-import json
-
 import pytest
 import torch
 
@@ -9,9 +7,7 @@ from birl_lite.exercises.ch06 import check_bradley_terry_loss
 from birl_lite.preference import (
     bradley_terry_loss,
     hypergradient_split,
-    main,
     preference_problem,
-    train,
 )
 from birl_lite.reference_methods import finite_difference_hypergradient
 
@@ -50,29 +46,6 @@ def test_policy_term_vanishes_at_zero_reward():
     split = hypergradient_split(problem, problem.x0)
     assert float(split.policy.abs().max()) < 1e-12
     assert float(split.loss) == pytest.approx(torch.log(torch.tensor(2.0)).item())
-
-
-def test_train_full_decreases_phi_and_is_deterministic():
-    problem = preference_problem(2, size=3)
-    _, hist = train(problem, "full", beta=1.0, n_iter=20)
-    _, again = train(problem, "full", beta=1.0, n_iter=20)
-    assert hist.phi == again.phi
-    assert hist.phi[-1] < hist.phi[0]
-    assert all(0 < c <= 1 for c in hist.coverage)
-    with pytest.raises(ValueError, match="method"):
-        train(problem, "exploration")
-
-
-def test_cli_writes_per_seed_files_and_resumes(tmp_path, capsys):
-    main(["--seeds", "0", "--out", str(tmp_path), "--n-iter", "2", "--misleading", "1"])
-    path = tmp_path / "misleading1_niter2_beta2_seed0.json"
-    data = json.loads(path.read_text())
-    assert (
-        set(data["full"]) >= {"coverage", "true_return", "loss"} and len(data["full"]["loss"]) == 3
-    )
-    main(["--seeds", "0", "--out", str(tmp_path), "--n-iter", "2", "--misleading", "1"])
-    assert "skip" in capsys.readouterr().out
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_checker_accepts_reference_and_rejects_naive():

@@ -397,7 +397,7 @@ class ACConfig:
 
     @property
     def grad_clip_norm(self) -> float | None:
-        """The gradient-norm bound of every optimizer step: ``max_grad_norm``, or ``None`` (no
+        """The gradient-norm bound of every optimizer step, ``max_grad_norm``, or ``None`` (no
         clipping) when ``clip_grad`` is off."""
         return self.max_grad_norm if self.clip_grad else None
 
@@ -413,7 +413,7 @@ class ACConfig:
 
     @property
     def segment_length(self) -> int:
-        """Steps per contiguous piece of trajectory that minibatches are made of: ``num_steps``
+        """Steps per contiguous piece of trajectory that minibatches are made of, ``num_steps``
         (``"segments"``), ``num_steps / num_minibatches`` (``"chunks"``) or 1
         (``"transitions"``)."""
         if self.minibatch == "segments":
