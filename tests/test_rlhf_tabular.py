@@ -271,3 +271,28 @@ def test_adam_option_learns_and_old_files_without_the_field_still_match(tmp_path
     del record["config"]["optimizer"]
     path.write_text(json.dumps(record))
     assert rt.main([*argv, "--out", str(tmp_path)])["skipped"] == 1
+
+
+@pytest.mark.parametrize("arm", ["loss", "truncated", "full", "flipped"])
+def test_one_reward_step_of_each_arm_is_its_formula(arm):
+    """x <- x - (lr / L) (BT gradient + ridge x + scale * hyper term), the hyper term of arm B over
+    the whole FIFO and of arms C / D over the newest pairs, on a tiny MDP."""
+    ctask, tau = tiny_task(gamma=0.7), 0.3
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=6)
+    pi = soft_opt(ctask, x, tau).pi.numpy()
+    data = rt.PairDataset(10, 6)
+    for _ in range(3):
+        f1, f2 = (rt.sample_fragments(ctask, pi, 2, 2, rng) for _ in range(2))
+        data.add(f1, f2, rt.label_pairs(f1.true_return, f2.true_return, 0.5, rng))
+    cfg = rt.RLHFConfig(arm=arm, fragment_length=2, lr=0.7, tau=tau, hyper_scale=0.5)
+    got, _ = rt._train_reward(cfg, ctask, x, pi, data, 1, arm != "loss", 2)
+    losses, g = rt.bradley_terry_gradient(x, data.diff, data.y)
+    h = {
+        "loss": np.zeros(6),
+        "truncated": rt.truncated_term(pi, data.window_sum, losses, tau),
+        "full": rt.policy_term(ctask, pi, data.score_sum[-2:], losses[-2:], tau),
+        "flipped": -rt.policy_term(ctask, pi, data.score_sum[-2:], losses[-2:], tau),
+    }[arm]
+    want = x - 0.7 / 2 * (g + cfg.ridge * x + 0.5 * h)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
