@@ -17,3 +17,7 @@ COMMON=(--envs CartPole-v1 Acrobot-v1 --seeds 0 1 2 3 4 5 6 7 8 9 --steps 500000
 # the correction bound beta in {0, 0.2} (1 is the default above)
 "$PY" -m birl_lite.experiments --algos blpo-nystrom --set correction_bound=0.2 "${COMMON[@]}"
 "$PY" -m birl_lite.experiments --algos blpo-nystrom --set correction_bound=0.0 "${COMMON[@]}"
+# the authors' settings (chapter 9, section 9.10; AUTHORS_PRESET), then also their estimator
+"$PY" -m birl_lite.experiments --algos ppo ppo-nested blpo-cg blpo-nystrom --set preset=authors "${COMMON[@]}"
+"$PY" -m birl_lite.experiments --algos blpo-nystrom \
+    --set preset=authors mixed_term=authors nystrom_indices=fixed "${COMMON[@]}"
