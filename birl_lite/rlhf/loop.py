@@ -1,0 +1,467 @@
+"""The neural RLHF loop (chapter 10): discrete SAC on a learned reward, comparisons, the arms.
+
+Per iteration (the authors' ``PreferenceComparisons.train``, imitation style): cut fragment
+pairs from the agent's episodes of the last phase (the first phase: ``learning_starts`` random
+steps, the authors' initial comparisons from the untrained agent), label them on the hidden true
+return, push them into the FIFO, train the reward on the FIFO (loss + the arm's hyper term), then
+train the agent ``alternate`` environment steps on the new reward. Comparisons per iteration
+follow the hyperbolic schedule ``1 / (1 + t)``, ``t`` in ``[0, 1]``. The arms are those of
+chapter 6 (:data:`ARMS`; :mod:`birl_lite.rlhf.reward_model` for the surrogates): B over the
+minibatch's windows with the current policy (their code), C and D over the fresh pairs (drawn
+from the current policy) with prefix and window, E the loss only with disputed queries.
+
+Metrics, after each iteration: agent steps, comparisons used, the true return (mean environment
+return of the last 20 training episodes), held-out accuracy on pairs from a uniformly random
+policy, accuracy on the fresh on-policy pairs before training on them, the temperature, wall time.
+
+Command (one JSON file per env, arm, settings and seed, written atomically; resumable; a
+finished file with another configuration is an error; a run in progress elsewhere is locked)::
+
+    python -m birl_lite.rlhf --envs LunarLander-v3 --arms loss truncated full flipped ensemble \\
+        --seeds 0-9 --steps 100000 --out results/rlhf
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .._io import write_json_atomic
+from .._validation import check_choice, check_positive_int, check_real
+from ..rlhf_tabular import label_pairs
+from .reward_model import (
+    ContinuationCritic,
+    PreferenceDataset,
+    RewardNet,
+    full_surrogate,
+    pair_losses,
+    preference_accuracy,
+    sample_fragments,
+    score_steps,
+    select_disputed,
+    truncated_surrogate,
+)
+from .sac import Batch, DiscreteSAC, Episode, ObsEncoder, SACConfig
+
+__all__ = ["ARMS", "RLHFConfig", "make_env", "query_schedule", "rlhf_run", "run_path", "main"]
+
+#: The arms A-E of chapter 6, in order.
+ARMS = ("loss", "truncated", "full", "flipped", "ensemble")
+
+
+def _default_sac() -> SACConfig:
+    return SACConfig(learning_starts=1000, autotune=True, reward_clip=1.0)
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    """Settings of one run of :func:`rlhf_run`.
+
+    Attributes:
+        env: a gymnasium id (``MinAtar/...`` ids register MinAtar first). arm: one of :data:`ARMS`.
+        steps: agent environment steps in total. alternate: agent steps per iteration (the
+            authors: 10,000). budget: comparisons in total; initial_comparisons: of them, labelled
+            from the untrained agent (the authors: 600 of 9,000).
+        fragment_length: ``L`` (the authors: 25). capacity: FIFO size (the authors: 3,000).
+        label_temperature: of the Bernoulli labeller (0: noiseless; the authors: 1).
+        terminal_penalty: subtracted from a window's true return when it ends the episode by
+            termination (CartPole pays +1 every step: without it every label is a coin flip).
+        reward_hidden, reward_lr, reward_batch: the reward net and its Adam(W) optimizer.
+        reward_epochs: passes over the FIFO per iteration; initial_epochs: on the initial data.
+        hyper_delay: agent steps before the hyper term is on (the authors: 1e5).
+        hyper_scale: a factor on the hyper term (coefficient ``hyper_scale / tau``).
+        max_score_steps: score steps kept per pair for arm C/D (subsampled, reweighted).
+        n_members, pool_factor: the ensemble of arm E and its candidate pool.
+        n_heldout: held-out pairs (uniformly random policy) for the accuracy.
+        sac: the agent's :class:`~birl_lite.rlhf.sac.SACConfig`. seed: everything.
+    """
+
+    env: str = "CartPole-v1"
+    arm: str = "loss"
+    steps: int = 20_000
+    alternate: int = 2_000
+    budget: int = 600
+    initial_comparisons: int = 60
+    fragment_length: int = 25
+    capacity: int = 3_000
+    label_temperature: float = 1.0
+    terminal_penalty: float = 0.0
+    reward_hidden: tuple[int, ...] = (64, 64)
+    reward_lr: float = 3e-4
+    reward_batch: int = 64
+    reward_epochs: int = 1
+    initial_epochs: int = 20
+    hyper_delay: int = 0
+    hyper_scale: float = 1.0
+    max_score_steps: int = 256
+    n_members: int = 3
+    pool_factor: int = 4
+    n_heldout: int = 500
+    sac: SACConfig = field(default_factory=_default_sac)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice(self.arm, "arm", ARMS)
+        if not isinstance(self.env, str):
+            raise TypeError(f"env must be a gymnasium id (str), got {type(self.env).__name__}")
+        if isinstance(self.sac, dict):
+            object.__setattr__(self, "sac", SACConfig(**self.sac))
+        if not isinstance(self.sac, SACConfig):
+            raise TypeError(f"sac must be a SACConfig, got {type(self.sac).__name__}")
+        object.__setattr__(self, "reward_hidden", tuple(self.reward_hidden))
+        for name, lo in (("steps", 1), ("alternate", 1), ("budget", 1), ("initial_comparisons", 1),
+                         ("fragment_length", 1), ("capacity", 1), ("reward_batch", 1),
+                         ("reward_epochs", 1), ("initial_epochs", 1), ("hyper_delay", 0),
+                         ("max_score_steps", 1), ("n_members", 2), ("pool_factor", 1),
+                         ("n_heldout", 1), ("seed", 0)):  # fmt: skip
+            check_positive_int(getattr(self, name), name, lo)
+        for name in ("label_temperature", "terminal_penalty", "reward_lr", "hyper_scale"):
+            v = check_real(getattr(self, name), name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.steps < self.alternate:
+            raise ValueError(f"steps ({self.steps}) must be >= alternate ({self.alternate})")
+        if self.budget - self.initial_comparisons < self.n_iter:
+            raise ValueError(
+                f"budget {self.budget} leaves fewer than one comparison per iteration after "
+                f"{self.initial_comparisons} initial ones ({self.n_iter} iterations)"
+            )
+
+    @property
+    def n_iter(self) -> int:
+        """Iterations after the initial one: ``steps // alternate``."""
+        return self.steps // self.alternate
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def make_env(env_id: str, seed: int = 0) -> gym.Env:
+    """``gym.make(env_id)`` with clear errors: unknown id, non-Discrete actions (``ValueError``).
+
+    ``MinAtar/...`` ids register MinAtar's environments first."""
+    if env_id.startswith("MinAtar/"):
+        import minatar.gym
+
+        minatar.gym.register_envs()
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as exc:
+        raise ValueError(f"unknown environment {env_id!r}: {exc}") from exc
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise ValueError(
+            f"{env_id} has action space {env.action_space}: discrete SAC needs Discrete actions"
+        )
+    ObsEncoder(env.observation_space)  # TypeError for unsupported observations
+    env.action_space.seed(seed)
+    return env
+
+
+def query_schedule(total: int, n_iter: int) -> list[int]:
+    """Comparisons per iteration ``[n_iter]``: ``total`` shared in proportion to
+    ``1 / (1 + t)``, ``t = linspace(0, 1, n_iter)`` (the authors' hyperbolic schedule), rounded
+    by largest remainders so that they sum to ``total``."""
+    total, n_iter = check_positive_int(total, "total", 0), check_positive_int(n_iter, "n_iter")
+    p = 1.0 / (1.0 + np.linspace(0.0, 1.0, n_iter))
+    share = p / p.sum() * total
+    out = np.floor(share).astype(int)
+    out[np.argsort(-(share - out), kind="stable")[: total - out.sum()]] += 1
+    return out.tolist()
+
+
+def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> tuple[torch.Tensor, ...]:
+    """``n_heldout`` pairs of fragments from a uniformly random policy on a separate env."""
+    env = make_env(cfg.env, cfg.seed + 10_000)
+    rng = np.random.default_rng([cfg.seed, 3])
+    episodes: list[Episode] = []
+    need = 4 * cfg.n_heldout * cfg.fragment_length
+    n, k = 0, 0
+    while n < need or not any(len(e) >= cfg.fragment_length for e in episodes):
+        raw, _ = env.reset(seed=cfg.seed * 1000 + k)
+        k += 1
+        obs, act, rew, term, trunc = [], [], [], False, False
+        while not (term or trunc):
+            a = int(rng.integers(env.action_space.n))
+            obs.append(encoder(raw))
+            raw, r, term, trunc, _ = env.step(a)
+            act.append(a)
+            rew.append(float(r))
+        episodes.append(Episode(np.stack(obs), np.asarray(act), np.asarray(rew), bool(term)))
+        n += len(act)
+        if n > 50 * need:
+            break
+    f1 = sample_fragments(episodes, cfg.n_heldout, cfg.fragment_length, rng, cfg.terminal_penalty)
+    f2 = sample_fragments(episodes, cfg.n_heldout, cfg.fragment_length, rng, cfg.terminal_penalty)
+    t = torch.from_numpy
+    return t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), f1.true_return - f2.true_return
+
+
+class _MeanReward(torch.nn.Module):
+    """The ensemble's mean reward (the agent's reward in arm E)."""
+
+    def __init__(self, members: list[RewardNet]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(obs) for m in self.members]).mean(dim=0)
+
+
+def _probs_fn(agent: DiscreteSAC):
+    @torch.no_grad()
+    def probs(obs: torch.Tensor) -> torch.Tensor:
+        return agent.policy(obs)[0]
+
+    return probs
+
+
+def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
+    """One run of the neural RLHF loop with the arm of ``cfg`` (module docstring).
+
+    Args:
+        cfg: :class:`RLHFConfig`. progress: called as ``progress(iteration, n_iter)`` if given.
+
+    Returns:
+        The record (JSON-ready): ``config``, ``curve`` (lists, one entry per iteration),
+        ``wall_time``, ``complete``.
+    """
+    if not isinstance(cfg, RLHFConfig):
+        raise TypeError(f"cfg must be an RLHFConfig, got {type(cfg).__name__}")
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    env = make_env(cfg.env, cfg.seed)
+    horizon = env.spec.max_episode_steps if env.spec is not None else None
+    if horizon is not None and cfg.fragment_length > horizon:
+        raise ValueError(
+            f"fragment_length={cfg.fragment_length} is longer than an episode of {cfg.env} "
+            f"(at most {horizon} steps)"
+        )
+    encoder = ObsEncoder(env.observation_space)
+    d, A, L = encoder.dim, int(env.action_space.n), cfg.fragment_length
+    held = _heldout(cfg, encoder)
+    ensemble = cfg.arm == "ensemble"
+    torch.manual_seed(cfg.seed + 20_000)
+    members = [RewardNet(d, A, cfg.reward_hidden) for _ in range(cfg.n_members if ensemble else 1)]
+    reward = _MeanReward(members) if ensemble else members[0]
+    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.reward_lr) for m in members]
+
+    @torch.no_grad()
+    def agent_reward(b: Batch) -> torch.Tensor:
+        return reward(b.obs).gather(1, b.actions[:, None])[:, 0]
+
+    agent = DiscreteSAC(env, agent_reward, cfg.sac, seed=cfg.seed)
+    probs = _probs_fn(agent)
+    critic = None
+    if cfg.arm in ("full", "flipped"):
+        torch.manual_seed(cfg.seed + 30_000)
+        k = members[0].feat_dim + 1
+        critic = ContinuationCritic(d, A, k, cfg.sac.hidden, cfg.sac.gamma, lr=1e-3, polyak=0.01)
+
+        def train_critic(b: Batch) -> None:
+            with torch.no_grad():
+                nf = members[0].head_features(b.next_obs)
+            critic.update(b.obs, b.actions, b.next_obs, b.terminated, probs(b.next_obs), nf)
+
+    rng = np.random.default_rng([cfg.seed, 1])
+    data = PreferenceDataset(cfg.capacity, L, d, len(members))
+    schedule = [cfg.initial_comparisons] + query_schedule(
+        cfg.budget - cfg.initial_comparisons, cfg.n_iter
+    )
+    keys = ("agent_steps", "comparisons", "true_return", "heldout_accuracy", "onpolicy_accuracy",
+            "temperature", "wall_time")  # fmt: skip
+    curve: dict[str, list] = {k: [] for k in keys}
+    used = 0
+    agent.train(cfg.sac.learning_starts)  # the untrained agent's episodes: initial comparisons
+    for it, n_new in enumerate(schedule):
+        episodes = agent.drain_episodes()
+        while not any(len(e) >= L for e in episodes):  # rare: collect until one is long enough
+            if agent.stats.global_step > cfg.steps + 100 * L + cfg.sac.learning_starts:
+                raise ValueError(f"no episode of {cfg.env} reaches fragment_length={L}")
+            agent.train(L)
+            episodes += agent.drain_episodes()
+        if ensemble and it > 0:
+            c1 = sample_fragments(episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty)
+            c2 = sample_fragments(episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty)
+            t = torch.from_numpy
+            pick = select_disputed(
+                members, t(c1.obs), t(c1.actions), t(c2.obs), t(c2.actions), n_new
+            )
+            f1, f2 = c1[pick], c2[pick]
+        else:
+            f1 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
+            f2 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
+        fresh = [torch.from_numpy(a) for a in (f1.obs, f1.actions, f2.obs, f2.actions)]
+        on_acc = preference_accuracy(reward, *fresh, f1.true_return - f2.true_return)
+        y = label_pairs(f1.true_return, f2.true_return, cfg.label_temperature, rng)
+        w = rng.poisson(1.0, size=(n_new, len(members))).astype(np.float32) if ensemble else None
+        data.push(f1, f2, y, w)
+        used += n_new
+        hyper = (
+            cfg.arm in ("truncated", "full", "flipped")
+            and agent.stats.global_step > cfg.hyper_delay
+        )
+        coef = cfg.hyper_scale / agent.temperature * (-1.0 if cfg.arm == "flipped" else 1.0)
+        steps = None
+        if hyper and cfg.arm != "truncated":
+            steps = score_steps(episodes, f1, f2, probs, critic, rng, cfg.max_score_steps)
+            y_fresh = torch.as_tensor(y, dtype=torch.float32)
+        epochs = cfg.initial_epochs if it == 0 else cfg.reward_epochs
+        for _ in range(epochs):
+            order = rng.permutation(len(data))
+            for lo in range(0, len(order), cfg.reward_batch):
+                o1, a1, o2, a2, yb, wb = data.tensors(order[lo : lo + cfg.reward_batch])
+                for j, (net, opt) in enumerate(zip(members, opts, strict=True)):
+                    losses = pair_losses(net, o1, a1, o2, a2, yb)
+                    loss = (losses * wb[:, j]).sum() / wb[:, j].sum().clamp_min(1e-8)
+                    if hyper and cfg.arm == "truncated":
+                        obs_w, act_w = torch.cat([o1, o2], dim=1), torch.cat([a1, a2], dim=1)
+                        p = probs(obs_w.reshape(-1, d)).reshape(*act_w.shape, A)
+                        loss = loss + truncated_surrogate(net, obs_w, act_w, p, losses, coef)
+                    elif steps is not None:
+                        l_fresh = pair_losses(net, *fresh, y_fresh)
+                        loss = loss + full_surrogate(net, steps, l_fresh, coef)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        if it < len(schedule) - 1:
+            agent.train(cfg.alternate, train_critic if critic is not None else None)
+        mean_ret = agent.mean_return(20)
+        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret,
+                                preference_accuracy(reward, *held), on_acc, agent.temperature,
+                                time.perf_counter() - t0), strict=True):  # fmt: skip
+            curve[k_].append(None if isinstance(v, float) and not math.isfinite(v) else v)
+        if progress is not None:
+            progress(it, len(schedule))
+    return {
+        "complete": True,
+        "config": cfg.to_dict(),
+        "curve": curve,
+        "n_episodes": len(agent.stats.episode_returns),
+        "wall_time": time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def run_path(out: Path, cfg: RLHFConfig) -> Path:
+    """``<out>/<env>__<arm>__steps<N>__budget<B>[__<other non-default settings>]__seed<s>.json``
+    (``/`` in an env id becomes ``-``)."""
+    default, mine = RLHFConfig().to_dict(), cfg.to_dict()
+    named = ("env", "arm", "steps", "budget", "seed", "sac")
+    extra = "".join(
+        f"__{k}={mine[k]}" for k in mine if k not in named and mine[k] != default[k]
+    ).replace(" ", "")
+    extra += "".join(
+        f"__sac.{k}={v}" for k, v in mine["sac"].items() if v != default["sac"][k]
+    ).replace(" ", "")
+    name = cfg.env.replace("/", "-")
+    return (
+        Path(out)
+        / f"{name}__{cfg.arm}__steps{cfg.steps}__budget{cfg.budget}{extra}__seed{cfg.seed}.json"
+    )
+
+
+def _seeds(spec: list[str]) -> list[int]:
+    seeds: list[int] = []
+    for item in spec:
+        lo, _, hi = item.partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
+
+
+def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
+    """Run ``cfg`` into ``path`` unless finished ("skipped") or claimed elsewhere ("locked");
+    a finished file with another configuration raises ``ValueError``."""
+    from ..experiments import _Lock, _read_record
+
+    lock = _Lock(path)
+    if not lock.acquire():
+        return "locked"
+    try:
+        record = _read_record(path)
+        if record is not None and record.get("complete"):
+            stored, planned = record.get("config", {}), cfg.to_dict()
+            diff = sorted(k for k in set(stored) | set(planned) if stored.get(k) != planned.get(k))
+            if diff:
+                raise ValueError(
+                    f"results file {path} holds a finished run with another configuration "
+                    f"(differs in {diff}); delete it, or write to another --out folder"
+                )
+            return "skipped"
+        write_json_atomic(path, rlhf_run(cfg))
+        return "run"
+    finally:
+        lock.release()
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    """CLI: envs x arms x seeds, one results file per run (resumable)."""
+    p = argparse.ArgumentParser(
+        prog="python -m birl_lite.rlhf",
+        description="Neural RLHF with discrete SAC: the arms of chapter 6",
+    )
+    p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--seeds", nargs="+", default=["0"], help="e.g. 0-9 or 0 3 5")
+    p.add_argument("--steps", type=int, default=RLHFConfig.steps)
+    p.add_argument("--alternate", type=int, default=RLHFConfig.alternate)
+    p.add_argument("--budget", type=int, default=RLHFConfig.budget)
+    p.add_argument("--initial-comparisons", type=int, default=RLHFConfig.initial_comparisons)
+    p.add_argument("--fragment-length", type=int, default=RLHFConfig.fragment_length)
+    p.add_argument("--terminal-penalty", type=float, default=RLHFConfig.terminal_penalty)
+    p.add_argument("--hyper-delay", type=int, default=RLHFConfig.hyper_delay)
+    p.add_argument("--hyper-scale", type=float, default=RLHFConfig.hyper_scale)
+    p.add_argument("--n-heldout", type=int, default=RLHFConfig.n_heldout)
+    p.add_argument("--learning-starts", type=int, default=_default_sac().learning_starts)
+    p.add_argument("--out", type=Path, default=Path("results/rlhf"))
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    from ..experiments import _check_writable
+
+    torch.set_num_threads(1)
+    _check_writable(args.out)
+    sac = dataclasses.replace(_default_sac(), learning_starts=args.learning_starts)
+    plan = [
+        RLHFConfig(
+            env=e,
+            arm=a,
+            steps=args.steps,
+            alternate=args.alternate,
+            budget=args.budget,
+            initial_comparisons=args.initial_comparisons,
+            fragment_length=args.fragment_length,
+            terminal_penalty=args.terminal_penalty,
+            hyper_delay=args.hyper_delay,
+            hyper_scale=args.hyper_scale,
+            n_heldout=args.n_heldout,
+            sac=sac,
+            seed=s,
+        )  # fmt: skip
+        for e in args.envs
+        for a in args.arms
+        for s in _seeds(args.seeds)
+    ]
+    for e in args.envs:
+        make_env(e).close()  # fail on an unknown env before any training
+    counts = {"run": 0, "skipped": 0, "locked": 0}
+    for i, cfg in enumerate(plan):
+        path = run_path(args.out, cfg)
+        status = _run_claimed(path, cfg)
+        counts[status] += 1
+        if not args.quiet:
+            print(f"[{i + 1}/{len(plan)}] {status:7s} {path.name}", flush=True)
+    print(f"done: {counts}")
+    return counts
