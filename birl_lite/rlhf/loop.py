@@ -80,6 +80,7 @@ class RLHFConfig:
         hyper_delay: agent steps before the hyper term is on (the authors: 1e5).
         hyper_scale: a factor on the hyper term (coefficient ``hyper_scale / tau``).
         max_score_steps: score steps kept per pair for arm C/D (subsampled, reweighted).
+        critic_every: agent updates per TD step of arm C/D's continuation critic (its cost).
         n_members, pool_factor: the ensemble of arm E and its candidate pool.
         n_heldout: held-out pairs (uniformly random policy) for the accuracy.
         sac: the agent's :class:`~birl_lite.rlhf.sac.SACConfig`. seed: everything.
@@ -103,6 +104,7 @@ class RLHFConfig:
     hyper_delay: int = 0
     hyper_scale: float = 1.0
     max_score_steps: int = 256
+    critic_every: int = 4
     n_members: int = 3
     pool_factor: int = 4
     n_heldout: int = 500
@@ -121,7 +123,7 @@ class RLHFConfig:
         for name, lo in (("steps", 1), ("alternate", 1), ("budget", 1), ("initial_comparisons", 1),
                          ("fragment_length", 1), ("capacity", 1), ("reward_batch", 1),
                          ("reward_epochs", 1), ("initial_epochs", 1), ("hyper_delay", 0),
-                         ("max_score_steps", 1), ("n_members", 2), ("pool_factor", 1),
+                         ("max_score_steps", 1), ("critic_every", 1), ("n_members", 2), ("pool_factor", 1),
                          ("n_heldout", 1), ("seed", 0)):  # fmt: skip
             check_positive_int(getattr(self, name), name, lo)
         for name in ("label_temperature", "terminal_penalty", "reward_lr", "hyper_scale"):
@@ -265,9 +267,11 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     if cfg.arm in ("full", "flipped"):
         torch.manual_seed(cfg.seed + 30_000)
         k = members[0].feat_dim + 1
-        critic = ContinuationCritic(d, A, k, cfg.sac.hidden, cfg.sac.gamma, lr=1e-3, polyak=0.01)
+        critic = ContinuationCritic(d, A, k, cfg.sac.hidden, cfg.sac.gamma, lr=1e-3, polyak=0.02)
 
         def train_critic(b: Batch) -> None:
+            if agent.stats.n_updates % cfg.critic_every:
+                return
             with torch.no_grad():
                 nf = members[0].head_features(b.next_obs)
             critic.update(b.obs, b.actions, b.next_obs, b.terminated, probs(b.next_obs), nf)
