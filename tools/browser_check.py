@@ -13,7 +13,15 @@ Checks, for every HTML page of the book:
 * every page with mathematics has it rendered by MathJax (``mjx-container`` elements in the DOM,
   none with a ``merror``);
 * no equation label is left as text, e.g. ``(eq-dV)`` where ``(26)`` belongs (a reference that did
-  not resolve, or a label written in a docstring or code cell; see ``tools/book_eq_labels.py``).
+  not resolve, or a label written in a docstring or code cell; see ``tools/book_eq_labels.py``);
+* at the 1280 x 900 window, nothing runs past the right edge of the content column: code (cells and
+  solutions, dropdowns opened) and cell outputs fit it with no sideways scroll bar; a display
+  equation or a table may scroll sideways inside its own box, but none is clipped or sticks out
+  (``overflow_problems``; the layout is ``_static/birl.css``);
+* every raster figure has a natural resolution of at least twice its rendered width (sharp on a
+  high-density screen; ``use_book_style`` makes the chapters' figures so), and none is shrunk
+  below 96% of its intended size, which would shrink its fonts with it
+  (``figure_problems``).
 
 Screenshots of the landing page and of the first chapter go to ``--screenshots``.
 Exit status 0 if every check passes, 1 otherwise (the failures are listed).
@@ -36,6 +44,86 @@ from bs4 import BeautifulSoup
 
 #: an equation label shown as text instead of its number
 LABEL_TEXT = re.compile(r"\(eq-[A-Za-z0-9_-]+\)")
+
+#: the window every page is checked at
+VIEWPORT = {"width": 1280, "height": 900}
+
+#: a figure's natural width / rendered width must be at least this (2 = sharp on a 2x screen)
+MIN_FIGURE_RESOLUTION = 2.0
+#: a figure drawn below this fraction of its intended width (its ``width`` attribute) shrinks
+#: its fonts with it: use_book_style draws 100 px per inch, so 8 pt text is 11.1 px, and stays at
+#: least 8 pt on the page (10.7 CSS px) only when the figure is drawn at 96% or more
+MIN_FIGURE_SCALE = 0.96
+
+# What runs past the right edge of the content column (article.bd-article's content box), per kind
+# of element. "strict" kinds (code, outputs) must fit with no sideways scroll bar; the others may
+# scroll inside their own box (or a scrolling container inside the column). An element is a problem
+# when content is clipped (overflow hidden, its own or an ancestor's), or when what it draws
+# (its box, or content spilling out of it) ends right of the column. Dropdowns are opened first so
+# that the solutions are measured too; elements not displayed are skipped.
+OVERFLOW_JS = """
+() => {
+  const article = document.querySelector('article.bd-article');
+  if (!article) return [];
+  for (const d of article.querySelectorAll('details')) d.open = true;
+  const right = el => el.getBoundingClientRect().right;
+  const colRight = right(article) - parseFloat(getComputedStyle(article).paddingRight);
+  const TOL = 1;
+  const scrolls = ox => ox === 'auto' || ox === 'scroll';
+  const clips = ox => ox === 'hidden' || ox === 'clip';
+  const KINDS = [
+    ['code', 'div.highlight > pre', true],
+    ['output', 'div.cell_output pre, div.cell_output .output.text_html, div.cell_output img', true],
+    ['equation', 'mjx-container[display="true"]', false],
+    ['table', 'table', false],
+  ];
+  const label = el => {
+    const text = (el.innerText || el.textContent || '').trim().split('\\n')[0].slice(0, 50);
+    const anchor = el.closest('[id]');
+    return (anchor && anchor !== article ? '#' + anchor.id + ' ' : '') + JSON.stringify(text);
+  };
+  const seen = new Set();
+  const out = [];
+  for (const [kind, selector, strict] of KINDS) {
+    for (const el of article.querySelectorAll(selector)) {
+      if (seen.has(el) || (kind === 'code' && el.closest('.cell_output'))) continue;
+      seen.add(el);
+      const box = el.getBoundingClientRect();
+      if (box.width === 0 && box.height === 0) continue;
+      const ox = getComputedStyle(el).overflowX;
+      const extra = el.scrollWidth - el.clientWidth;
+      let why = null;
+      if (extra > TOL && clips(ox)) why = `clipped (${extra} px hidden)`;
+      else if (extra > TOL && scrolls(ox) && strict) why = `scrolls sideways (${extra} px)`;
+      let scrolling = extra > TOL && scrolls(ox);
+      let edge = box.right + (extra > TOL && !scrolls(ox) && !clips(ox) ? extra : 0);
+      for (let a = el.parentElement; !why && a && a !== article && edge > colRight + TOL;
+           a = a.parentElement) {
+        const aox = getComputedStyle(a).overflowX;
+        if (!scrolls(aox) && !clips(aox)) continue;
+        const hidden = Math.round(edge - right(a));
+        if (hidden > TOL && clips(aox)) why = `clipped by its container (${hidden} px hidden)`;
+        else if (hidden > TOL && strict) why = `scrolls sideways in its container (${hidden} px)`;
+        else if (hidden > TOL) scrolling = true;
+        edge = Math.min(edge, right(a));
+      }
+      if (!why && edge > colRight + TOL)
+        why = `runs ${Math.round(edge - colRight)} px past the column's right edge`;
+      out.push([kind, why, why ? label(el) : '', !why && scrolling]);
+    }
+  }
+  return out;
+}
+"""
+
+FIGURES_JS = """
+() => Array.from(document.querySelectorAll(
+    'article.bd-article .cell_output img, article.bd-article figure img'))
+  .filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0)
+  .map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width,
+             parseFloat(i.style.width) || parseFloat(i.getAttribute('width')) || null,
+             i.naturalHeight, i.getBoundingClientRect().height])
+"""
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -112,6 +200,55 @@ def unresolved_labels(text: str) -> list[str]:
     ]
 
 
+def overflow_problems(page, rel: str) -> tuple[list[str], dict[str, list[int]]]:
+    """Elements of the open page that run past (or are clipped at) the content column's edge.
+
+    Returns the problems (per kind: how many of how many, and the first three) and, per kind,
+    ``[overflowing, scrolling inside their own box (allowed), checked]``.
+    """
+    found: dict[str, list] = {}
+    for kind, why, label, scrolling in page.evaluate(OVERFLOW_JS):
+        found.setdefault(kind, []).append((why, label, scrolling))
+    problems, counts = [], {}
+    for kind, items in found.items():
+        bad = [f"{label}: {why}" for why, label, _ in items if why]
+        counts[kind] = [len(bad), sum(scrolling for *_, scrolling in items), len(items)]
+        if bad:
+            examples = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            problems.append(
+                f"{rel}: {len(bad)} of {len(items)} {kind} elements overflow the content column "
+                f"at {VIEWPORT['width']} px: {examples}"
+            )
+    return problems, counts
+
+
+def figure_problems(page, rel: str) -> list[str]:
+    """Raster figures of the open page that are not sharp (natural < 2x rendered), are shrunk
+    below their intended size (a ``width`` attribute or inline style), or are distorted."""
+    problems = []
+    for src, natural, rendered, intended, natural_h, rendered_h in page.evaluate(FIGURES_JS):
+        if urlparse(src).path.lower().endswith(".svg"):
+            continue
+        name = Path(urlparse(src).path).name
+        if natural < MIN_FIGURE_RESOLUTION * rendered - 0.5:
+            problems.append(
+                f"{rel}: figure {name} is {natural} px wide for {rendered:.0f} px on the page "
+                f"({natural / rendered:.2f}x, needs {MIN_FIGURE_RESOLUTION:g}x: plot after "
+                "birl_lite.plotting.use_book_style(), which sends figures at twice their size)"
+            )
+        if abs(rendered / rendered_h - natural / natural_h) > 0.02 * natural / natural_h:
+            problems.append(
+                f"{rel}: figure {name} is distorted: drawn {rendered:.0f} x {rendered_h:.0f} px, "
+                f"its aspect ratio is {natural} x {natural_h}"
+            )
+        if intended and rendered < MIN_FIGURE_SCALE * intended:
+            problems.append(
+                f"{rel}: figure {name} is drawn at {rendered:.0f} px of its {intended:.0f} px "
+                f"({rendered / intended:.0%}): too wide for the column, its fonts shrink with it"
+            )
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--html", type=Path, default=Path("_build/html"))
@@ -131,10 +268,11 @@ def main() -> int:
     server, base = serve(root)
     problems: list[str] = []
     blocked: list[str] = []
+    totals: dict[str, list[int]] = {}  # kind -> [overflowing, scrolling, checked], every page
     args.screenshots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport=VIEWPORT)
 
         def route(route_):
             if route_.request.url.startswith(base):
@@ -184,13 +322,21 @@ def main() -> int:
                 problems.append(f"{rel}: a chapter page without any figure")
             for context in unresolved_labels(page_obj.inner_text("body")):
                 problems.append(f"{rel}: equation label as text, not a number: ...{context}...")
+            problems += figure_problems(page_obj, rel)
+            if rel in ("intro.html",) or (rel.startswith("chapters/01") and rel.endswith(".html")):
+                shot = args.screenshots / (Path(rel).stem + ".png")
+                page_obj.screenshot(path=str(shot), full_page=False)
+            # last: it opens the dropdowns
+            page_problems, counts = overflow_problems(page_obj, rel)
+            problems += page_problems
+            for kind, count in counts.items():
+                totals[kind] = [
+                    a + b for a, b in zip(totals.get(kind, [0, 0, 0]), count, strict=True)
+                ]
             for bad in bad_responses:
                 problems.append(f"{rel}: HTTP {bad}")
             page_obj.remove_listener("response", handler)
             print(f"  {rel}: {n_math} equations, {len(images)} images")
-            if rel in ("intro.html",) or (rel.startswith("chapters/01") and rel.endswith(".html")):
-                shot = args.screenshots / (Path(rel).stem + ".png")
-                page_obj.screenshot(path=str(shot), full_page=False)
         browser.close()
     server.shutdown()
     for url in sorted(set(blocked)):
@@ -198,12 +344,23 @@ def main() -> int:
     print(
         f"browser_check: {len(pages)} pages opened in headless Chromium; screenshots in {os.fspath(args.screenshots)}"
     )
+    print(
+        f"browser_check: overflowing the content column at {VIEWPORT['width']} px: "
+        + ", ".join(
+            f"{bad} of {n} {kind}"
+            + (f" ({scrolling} scroll inside their own box)" if scrolling else "")
+            for kind, (bad, scrolling, n) in totals.items()
+        )
+    )
     if problems:
         print(f"browser_check: {len(problems)} problem(s):")
         for p in problems:
             print("  -", p)
         return 1
-    print("browser_check: all pages load offline, links resolve, images load, equations render")
+    print(
+        "browser_check: all pages load offline, links resolve, images load, equations render, "
+        "nothing overflows the column, figures are sharp"
+    )
     return 0
 
 
