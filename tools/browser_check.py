@@ -17,7 +17,8 @@ Checks, for every HTML page of the book:
 * at the 1280 x 900 window, nothing runs past the right edge of the content column: code (cells and
   solutions, dropdowns opened) and cell outputs fit it with no sideways scroll bar; a display
   equation or a table may scroll sideways inside its own box, but none is clipped or sticks out
-  (``overflow_problems``; the layout is ``_static/birl.css``);
+  (``overflow_problems``; the layout is ``_static/birl.css``); those that scroll are listed, as
+  candidates for a shorter line;
 * every raster figure has a natural resolution of at least twice its rendered width (sharp on a
   high-density screen; ``use_book_style`` makes the chapters' figures so), and none is shrunk
   below 96% of its intended size, which would shrink its fonts with it
@@ -77,10 +78,12 @@ OVERFLOW_JS = """
     ['equation', 'mjx-container[display="true"]', false],
     ['table', 'table', false],
   ];
-  const label = el => {
-    const text = (el.innerText || el.textContent || '').trim().split('\\n')[0].slice(0, 50);
+  const label = (el, kind) => {
     const anchor = el.closest('[id]');
-    return (anchor && anchor !== article ? '#' + anchor.id + ' ' : '') + JSON.stringify(text);
+    const where = anchor && anchor !== article ? '#' + anchor.id : '';
+    if (kind === 'equation') return where;  // its text is a glyph per line
+    const text = (el.innerText || el.textContent || '').trim().split('\\n')[0].slice(0, 50);
+    return (where ? where + ' ' : '') + JSON.stringify(text);
   };
   const seen = new Set();
   const out = [];
@@ -109,7 +112,7 @@ OVERFLOW_JS = """
       }
       if (!why && edge > colRight + TOL)
         why = `runs ${Math.round(edge - colRight)} px past the column's right edge`;
-      out.push([kind, why, why ? label(el) : '', !why && scrolling]);
+      out.push([kind, why, why || scrolling ? label(el, kind) : '', !why && scrolling]);
     }
   }
   return out;
@@ -212,7 +215,12 @@ def overflow_problems(page, rel: str) -> tuple[list[str], dict[str, list[int]]]:
     problems, counts = [], {}
     for kind, items in found.items():
         bad = [f"{label}: {why}" for why, label, _ in items if why]
-        counts[kind] = [len(bad), sum(scrolling for *_, scrolling in items), len(items)]
+        scrolling = [label for _, label, scrolls in items if scrolls]
+        counts[kind] = [len(bad), len(scrolling), len(items)]
+        if scrolling:  # allowed, but a candidate for a shorter line
+            print(
+                f"  {rel}: {len(scrolling)} {kind}(s) scroll in their own box: {', '.join(scrolling)}"
+            )
         if bad:
             examples = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
             problems.append(
