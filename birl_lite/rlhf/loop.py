@@ -50,12 +50,24 @@ from .reward_model import (
     select_disputed,
     truncated_surrogate,
 )
-from .sac import Batch, DiscreteSAC, Episode, ObsEncoder, SACConfig
+from .sac import Batch, DiscreteSAC, Episode, ObsEncoder, SACConfig, env_reward
 
-__all__ = ["ARMS", "RLHFConfig", "make_env", "query_schedule", "rlhf_run", "run_path", "main"]
+__all__ = [
+    "ARMS",
+    "BASELINE",
+    "RLHFConfig",
+    "make_env",
+    "query_schedule",
+    "rlhf_run",
+    "run_path",
+    "main",
+]
 
 #: The arms A-E of chapter 6, in order.
 ARMS = ("loss", "truncated", "full", "flipped", "ensemble")
+#: The true-reward baseline: the same agent, schedule and budget of agent steps, trained on the
+#: environment's own reward (no comparisons, no reward model).
+BASELINE = "true"
 
 
 def _default_sac() -> SACConfig:
@@ -67,7 +79,8 @@ class RLHFConfig:
     """Settings of one run of :func:`rlhf_run`.
 
     Attributes:
-        env: a gymnasium id (``MinAtar/...`` ids register MinAtar first). arm: one of :data:`ARMS`.
+        env: a gymnasium id (``MinAtar/...`` ids register MinAtar first). arm: one of :data:`ARMS`,
+            or :data:`BASELINE` (``"true"``: the agent on the environment's reward).
         steps: agent environment steps in total. alternate: agent steps per iteration (the
             authors: 10,000). budget: comparisons in total; initial_comparisons: of them, labelled
             from the untrained agent (the authors: 600 of 9,000).
@@ -112,7 +125,7 @@ class RLHFConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice(self.arm, "arm", ARMS)
+        check_choice(self.arm, "arm", (BASELINE, *ARMS))
         if not isinstance(self.env, str):
             raise TypeError(f"env must be a gymnasium id (str), got {type(self.env).__name__}")
         if isinstance(self.sac, dict):
@@ -231,7 +244,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     """One run of the neural RLHF loop with the arm of ``cfg`` (module docstring).
 
     Args:
-        cfg: :class:`RLHFConfig`. progress: called as ``progress(iteration, n_iter)`` if given.
+        cfg: :class:`RLHFConfig`. progress: called as ``progress(iteration, n_iter, curve)``
+            after each iteration if given (``curve``: the record's curve so far).
 
     Returns:
         The record (JSON-ready): ``config``, ``curve`` (lists, one entry per iteration),
@@ -250,7 +264,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
         )
     encoder = ObsEncoder(env.observation_space)
     d, A, L = encoder.dim, int(env.action_space.n), cfg.fragment_length
-    held = _heldout(cfg, encoder)
+    baseline = cfg.arm == BASELINE
+    held = None if baseline else _heldout(cfg, encoder)
     ensemble = cfg.arm == "ensemble"
     torch.manual_seed(cfg.seed + 20_000)
     members = [RewardNet(d, A, cfg.reward_hidden) for _ in range(cfg.n_members if ensemble else 1)]
@@ -261,7 +276,7 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     def agent_reward(b: Batch) -> torch.Tensor:
         return reward(b.obs).gather(1, b.actions[:, None])[:, 0]
 
-    agent = DiscreteSAC(env, agent_reward, cfg.sac, seed=cfg.seed)
+    agent = DiscreteSAC(env, env_reward if baseline else agent_reward, cfg.sac, seed=cfg.seed)
     probs = _probs_fn(agent)
     critic = None
     if cfg.arm in ("full", "flipped"):
@@ -287,65 +302,78 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     used = 0
     agent.train(cfg.sac.learning_starts)  # the untrained agent's episodes: initial comparisons
     for it, n_new in enumerate(schedule):
-        episodes = agent.drain_episodes()
-        while not any(len(e) >= L for e in episodes):  # rare: collect until one is long enough
-            if agent.stats.global_step > cfg.steps + 100 * L + cfg.sac.learning_starts:
-                raise ValueError(f"no episode of {cfg.env} reaches fragment_length={L}")
-            agent.train(L)
-            episodes += agent.drain_episodes()
-        if ensemble and it > 0:
-            c1 = sample_fragments(episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty)
-            c2 = sample_fragments(episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty)
-            t = torch.from_numpy
-            pick = select_disputed(
-                members, t(c1.obs), t(c1.actions), t(c2.obs), t(c2.actions), n_new
-            )
-            f1, f2 = c1[pick], c2[pick]
+        if baseline:  # the true-reward baseline: no comparisons, no reward model
+            agent.drain_episodes()
+            on_acc, n_new = None, 0
         else:
-            f1 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
-            f2 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
-        fresh = [torch.from_numpy(a) for a in (f1.obs, f1.actions, f2.obs, f2.actions)]
-        on_acc = preference_accuracy(reward, *fresh, f1.true_return - f2.true_return)
-        y = label_pairs(f1.true_return, f2.true_return, cfg.label_temperature, rng)
-        w = rng.poisson(1.0, size=(n_new, len(members))).astype(np.float32) if ensemble else None
-        data.push(f1, f2, y, w)
-        used += n_new
-        hyper = (
-            cfg.arm in ("truncated", "full", "flipped")
-            and agent.stats.global_step > cfg.hyper_delay
-        )
-        coef = cfg.hyper_scale / agent.temperature * (-1.0 if cfg.arm == "flipped" else 1.0)
-        steps = None
-        if hyper and cfg.arm != "truncated":
-            steps = score_steps(episodes, f1, f2, probs, critic, rng, cfg.max_score_steps)
-            y_fresh = torch.as_tensor(y, dtype=torch.float32)
-        epochs = cfg.initial_epochs if it == 0 else cfg.reward_epochs
-        for _ in range(epochs):
-            order = rng.permutation(len(data))
-            for lo in range(0, len(order), cfg.reward_batch):
-                o1, a1, o2, a2, yb, wb = data.tensors(order[lo : lo + cfg.reward_batch])
-                for j, (net, opt) in enumerate(zip(members, opts, strict=True)):
-                    losses = pair_losses(net, o1, a1, o2, a2, yb)
-                    loss = (losses * wb[:, j]).sum() / wb[:, j].sum().clamp_min(1e-8)
-                    if hyper and cfg.arm == "truncated":
-                        obs_w, act_w = torch.cat([o1, o2], dim=1), torch.cat([a1, a2], dim=1)
-                        p = probs(obs_w.reshape(-1, d)).reshape(*act_w.shape, A)
-                        loss = loss + truncated_surrogate(net, obs_w, act_w, p, losses, coef)
-                    elif steps is not None:
-                        l_fresh = pair_losses(net, *fresh, y_fresh)
-                        loss = loss + full_surrogate(net, steps, l_fresh, coef)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+            episodes = agent.drain_episodes()
+            while not any(len(e) >= L for e in episodes):  # rare: collect until one is long enough
+                if agent.stats.global_step > cfg.steps + 100 * L + cfg.sac.learning_starts:
+                    raise ValueError(f"no episode of {cfg.env} reaches fragment_length={L}")
+                agent.train(L)
+                episodes += agent.drain_episodes()
+            if ensemble and it > 0:
+                c1 = sample_fragments(
+                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty
+                )
+                c2 = sample_fragments(
+                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty
+                )
+                t = torch.from_numpy
+                pick = select_disputed(
+                    members, t(c1.obs), t(c1.actions), t(c2.obs), t(c2.actions), n_new
+                )
+                f1, f2 = c1[pick], c2[pick]
+            else:
+                f1 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
+                f2 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
+            fresh = [torch.from_numpy(a) for a in (f1.obs, f1.actions, f2.obs, f2.actions)]
+            on_acc = preference_accuracy(reward, *fresh, f1.true_return - f2.true_return)
+            y = label_pairs(f1.true_return, f2.true_return, cfg.label_temperature, rng)
+            w = (
+                rng.poisson(1.0, size=(n_new, len(members))).astype(np.float32)
+                if ensemble
+                else None
+            )
+            data.push(f1, f2, y, w)
+            used += n_new
+            hyper = (
+                cfg.arm in ("truncated", "full", "flipped")
+                and agent.stats.global_step > cfg.hyper_delay
+            )
+            coef = cfg.hyper_scale / agent.temperature * (-1.0 if cfg.arm == "flipped" else 1.0)
+            steps = None
+            if hyper and cfg.arm != "truncated":
+                steps = score_steps(episodes, f1, f2, probs, critic, rng, cfg.max_score_steps)
+                y_fresh = torch.as_tensor(y, dtype=torch.float32)
+            epochs = cfg.initial_epochs if it == 0 else cfg.reward_epochs
+            for _ in range(epochs):
+                order = rng.permutation(len(data))
+                for lo in range(0, len(order), cfg.reward_batch):
+                    o1, a1, o2, a2, yb, wb = data.tensors(order[lo : lo + cfg.reward_batch])
+                    for j, (net, opt) in enumerate(zip(members, opts, strict=True)):
+                        losses = pair_losses(net, o1, a1, o2, a2, yb)
+                        loss = (losses * wb[:, j]).sum() / wb[:, j].sum().clamp_min(1e-8)
+                        if hyper and cfg.arm == "truncated":
+                            obs_w, act_w = torch.cat([o1, o2], dim=1), torch.cat([a1, a2], dim=1)
+                            p = probs(obs_w.reshape(-1, d)).reshape(*act_w.shape, A)
+                            loss = loss + truncated_surrogate(net, obs_w, act_w, p, losses, coef)
+                        elif steps is not None:
+                            l_fresh = pair_losses(net, *fresh, y_fresh)
+                            loss = loss + full_surrogate(net, steps, l_fresh, coef)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
         if it < len(schedule) - 1:
             agent.train(cfg.alternate, train_critic if critic is not None else None)
         mean_ret = agent.mean_return(20)
-        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret,
-                                preference_accuracy(reward, *held), on_acc, agent.temperature,
+        held_acc = None if baseline else preference_accuracy(reward, *held)
+        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret, held_acc, on_acc,
+                                agent.temperature,
                                 time.perf_counter() - t0), strict=True):  # fmt: skip
             curve[k_].append(None if isinstance(v, float) and not math.isfinite(v) else v)
         if progress is not None:
-            progress(it, len(schedule))
+            progress(it, len(schedule), curve)
     return {
         "complete": True,
         "config": cfg.to_dict(),
@@ -386,6 +414,22 @@ def _seeds(spec: list[str]) -> list[int]:
     return seeds
 
 
+def _pairs(items: list[str], cls: type) -> dict:
+    """``["key=value", ...]`` -> a dict of ``cls``'s fields (values parsed as JSON when they
+    parse, else kept as strings); an unknown key is a ``ValueError``."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in fields:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
     """Run ``cfg`` into ``path`` unless finished ("skipped") or claimed elsewhere ("locked");
     a finished file with another configuration raises ``ValueError``."""
@@ -418,7 +462,13 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         description="Neural RLHF with discrete SAC: the arms of chapter 6",
     )
     p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        choices=(BASELINE, *ARMS),
+        help=f"{BASELINE!r}: the true-reward baseline",
+    )
     p.add_argument("--seeds", nargs="+", default=["0"], help="e.g. 0-9 or 0 3 5")
     p.add_argument("--steps", type=int, default=RLHFConfig.steps)
     p.add_argument("--alternate", type=int, default=RLHFConfig.alternate)
@@ -430,6 +480,20 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--hyper-scale", type=float, default=RLHFConfig.hyper_scale)
     p.add_argument("--n-heldout", type=int, default=RLHFConfig.n_heldout)
     p.add_argument("--learning-starts", type=int, default=_default_sac().learning_starts)
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other RLHFConfig settings, e.g. reward_epochs=3 (values as JSON)",
+    )
+    p.add_argument(
+        "--sac",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SACConfig settings, e.g. update_every=2 hidden=[128,128] (JSON values)",
+    )
     p.add_argument("--out", type=Path, default=Path("results/rlhf"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -437,7 +501,10 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
 
     torch.set_num_threads(1)
     _check_writable(args.out)
-    sac = dataclasses.replace(_default_sac(), learning_starts=args.learning_starts)
+    sac = dataclasses.replace(
+        _default_sac(), **{"learning_starts": args.learning_starts, **_pairs(args.sac, SACConfig)}
+    )
+    extra = _pairs(args.set, RLHFConfig)
     plan = [
         RLHFConfig(
             env=e,
@@ -453,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
             n_heldout=args.n_heldout,
             sac=sac,
             seed=s,
+            **extra,
         )  # fmt: skip
         for e in args.envs
         for a in args.arms
