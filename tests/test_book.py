@@ -194,7 +194,7 @@ def test_api_reference_is_one_page_per_module_each_in_the_toc():
 # (827 px, _static/birl.css) so that nothing scales it down and its fonts keep their size.
 COLUMN_PX = 820
 # Chapters whose figures predate the retina figures (to be re-executed by their authors).
-NOT_RETINA_YET = {"06_exploration", "09_blpo_in_practice"}
+NOT_RETINA_YET: set[str] = set()
 
 
 def _png_size(b64):
