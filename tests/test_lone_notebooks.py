@@ -19,7 +19,7 @@ CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "chapters").glob("[0
 
 
 #: chapters without an offline fallback yet (each reads ../results unconditionally)
-NO_FALLBACK_YET = {"05_model_free"}
+NO_FALLBACK_YET: set[str] = set()
 
 
 @pytest.mark.parametrize(
