@@ -322,3 +322,28 @@ def test_browser_check_flags_overflow_and_blurry_figures():
     assert len(figures) == 4, figures  # blurry; shrunk; the last one shrunk and distorted
     assert "(1.00x, needs 2x" in figures[0] and "600 px of its 1000 px" in figures[1], figures
     assert "distorted: drawn 600 x 10 px" in figures[2], figures
+
+
+def _recorded_seconds(path: Path) -> float:
+    """Wall time of a committed chapter's last execution, from its cells' timestamps."""
+    from datetime import datetime
+
+    nb = json.loads(path.read_text())
+    starts, ends = [], []
+    for cell in nb["cells"]:
+        stamp = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamp and "shell.execute_reply" in stamp:
+            starts.append(
+                datetime.fromisoformat(stamp["iopub.execute_input"].replace("Z", "+00:00"))
+            )
+            ends.append(datetime.fromisoformat(stamp["shell.execute_reply"].replace("Z", "+00:00")))
+    assert starts, f"{path.name} records no execution timestamps"
+    return (max(ends) - min(starts)).total_seconds()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_each_chapter_ran_in_under_a_minute(chapter):
+    """The running-time claims of intro.md and instructors.md, against the recorded times."""
+    assert "under a minute" in (ROOT / "intro.md").read_text()
+    assert "less than a minute" in (ROOT / "instructors.md").read_text()
+    assert _recorded_seconds(chapter) < 60.0
