@@ -715,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="results/blpo", help="output folder")
     parser.add_argument("--rank", type=int, default=None, help="Nystrom rank (default 5)")
     parser.add_argument(
-        "--damping", type=float, default=None, help="Nystrom damping lambda (default 50)"
+        "--damping", type=float, default=None, help="Nystrom damping nu (default 50)"
     )
     parser.add_argument(
         "--set",

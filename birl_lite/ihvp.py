@@ -8,8 +8,8 @@ the implicit function theorem gives the hypergradient (chapter 7, equation (eq-a
 
     grad F = grad_theta f - grad^2_{theta w} g  [grad^2_{ww} g]^{-1}  grad_w f.          (AID)
 
-The expensive, fragile part is the iHVP ``u = (H + lambda I)^{-1} v`` with ``H = grad^2_{ww} g``
-and a damping ``lambda >= 0`` (the argument ``damping``). This module computes it from
+The expensive, fragile part is the iHVP ``u = (H + nu I)^{-1} v`` with ``H = grad^2_{ww} g``
+and a damping ``nu >= 0`` (the argument ``damping``). This module computes it from
 Hessian-vector products only (double backward through autograd, or ``torch.func``
 forward-over-reverse, chapter 7, equation (eq-aid-hvp)), never from a dense Hessian except in the
 reference :func:`ihvp_exact`. The four solvers are thin wrappers of
@@ -17,14 +17,14 @@ reference :func:`ihvp_exact`. The four solvers are thin wrappers of
 dict-of-tensors layout:
 
 * :func:`ihvp_cg`: conjugate gradient, one HVP per iteration.
-* :func:`ihvp_neumann`: ``u ~ alpha sum_{j=0}^{m} (I - alpha (H + lambda I))^j v``, ``m`` HVPs.
+* :func:`ihvp_neumann`: ``u ~ alpha sum_{j=0}^{m} (I - alpha (H + nu I))^j v``, ``m`` HVPs.
 * :func:`ihvp_nystrom`: rank-``k`` Nystrom approximation ``H ~ C M^+ C^T`` from ``k`` columns
   ``C = H[:, K]`` (``k`` HVPs with unit vectors) and ``M = H[K, K]``, inverted with the Woodbury
   identity (Hataya and Yamada, 2023). No iteration, hence no divergence; the ``k x k`` core is
   solved through a symmetric eigendecomposition that drops non-positive eigenvalues, so the
   result is finite even when ``M`` is indefinite or singular.
 * :func:`ihvp_nystrom_plus_identity`: the same columns with the ``k x k`` core that BLPO's public
-  code solves, ``M + C^T C / lambda + I`` (exactly the damped inverse of ``C (M + I)^{-1} C^T``),
+  code solves, ``M + C^T C / nu + I`` (exactly the damped inverse of ``C (M + I)^{-1} C^T``),
   for comparison only.
 
 Every solver accepts either an :class:`HVP` (from :func:`make_hvp`) or a plain callable
@@ -416,7 +416,7 @@ def ihvp_exact(
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side, a flat tensor ``[dim]`` or a dict with the parameters' layout.
-        damping: ``lambda >= 0``.
+        damping: ``nu >= 0``.
         warn: issue a :class:`~birl_lite.linear_solve.ConvergenceWarning` when the relative
             residual of the solution exceeds ``1e-10`` (an ill-conditioned system).
 
@@ -456,7 +456,7 @@ def ihvp_cg(
         v: right-hand side (flat tensor or dict).
         max_iter: maximum number of iterations (= HVPs), ``>= 1``.
         tol: relative residual tolerance ``>= 0``.
-        damping: ``lambda >= 0``.
+        damping: ``nu >= 0``.
         warn: issue a :class:`~birl_lite.linear_solve.ConvergenceWarning` when CG stops above
             ``tol`` (off by default: a truncated CG with a fixed budget is the usual use).
 
@@ -502,7 +502,7 @@ def ihvp_neumann(
         v: right-hand side (flat tensor or dict).
         n_terms: number of HVPs ``m >= 1``.
         alpha: scale ``> 0`` (a step size; needs ``alpha < 2 / mu_max``).
-        damping: ``lambda >= 0``.
+        damping: ``nu >= 0``.
         warn: passed to :func:`~birl_lite.linear_solve.solve` (with ``tol = 0`` it warns on
             every call unless the residual vanishes; off by default).
 
@@ -559,7 +559,7 @@ def ihvp_nystrom(
             come from one such call instead of k HVPs.
         v: right-hand side (flat tensor or dict).
         rank: number of columns ``1 <= k <= dim``.
-        damping: ``lambda > 0`` (the Woodbury identity divides by it).
+        damping: ``nu > 0`` (the Woodbury identity divides by it).
         generator: ``torch.Generator`` for the column indices (same seed, same indices).
         indices: optional explicit distinct indices ``K`` (``rank`` of them), instead of drawing.
         safeguard: ``"eigh"`` (default) or ``"none"``, see :func:`~birl_lite.linear_solve.nystrom_woodbury`
@@ -606,12 +606,12 @@ def nystrom_plus_identity(
 
     Chapter 7, section 7.4 ("What BLPO's code solves"). The authors' code returns
 
-        u = v / lambda - (1 / lambda^2) C (M + C^T C / lambda + shift I)^{-1} C^T v
+        u = v / nu - (1 / nu^2) C (M + C^T C / nu + shift I)^{-1} C^T v
 
     with ``shift = 1`` (an identity added to the core "for safety") and a plain LU solve. By the
     Woodbury identity with ``M + shift I`` in place of ``M`` this is *exactly*
 
-        u = (C (M + shift I)^{-1} C^T + lambda I)^{-1} v,
+        u = (C (M + shift I)^{-1} C^T + nu I)^{-1} v,
 
     the damped inverse of another approximation of ``H``, ``H~ = C (M + shift I)^{-1} C^T``,
     which is ``C M^{-1} C^T`` (chapter 7, equation (eq-aid-woodbury)) only when ``shift = 0``.
@@ -619,7 +619,7 @@ def nystrom_plus_identity(
     direction whose eigenvalue in ``M`` is not large against ``shift``: the correction is
     absolute, not relative to the scale of ``H``; if every eigenvalue of ``M`` is much smaller
     than ``shift``, ``H~ ~ C C^T / shift``). For ``M + shift I`` positive definite,
-    ``||u|| <= ||v|| / lambda``; otherwise the bound can fail, and a singular core gives inf/NaN
+    ``||u|| <= ||v|| / nu``; otherwise the bound can fail, and a singular core gives inf/NaN
     (``torch.linalg.solve_ex``, no exception, as in the original code).
 
     This function is a reference for comparisons in chapter 7 and its benchmark; the library's
@@ -630,12 +630,12 @@ def nystrom_plus_identity(
         C: ``[n, k]`` columns ``H[:, K]``.
         M: ``[k, k]`` block ``H[K, K]`` (symmetrized here).
         v: ``[n]`` right-hand side.
-        damping: ``lambda > 0``.
+        damping: ``nu > 0``.
         shift: the identity multiple added to the core, ``>= 0`` (``1`` in BLPO's code).
 
     Returns:
         ``(u, info)``: ``u [n]``; ``info["core_eigenvalues"]`` (ascending eigenvalues of
-        ``M + shift I + C^T C / lambda``) and ``info["shifted_eigenvalues_M"]`` (of ``M + shift I``).
+        ``M + shift I + C^T C / nu``) and ``info["shifted_eigenvalues_M"]`` (of ``M + shift I``).
     """
     damping = _check_damping(damping, positive=True)
     shift = check_real(shift, "shift")
@@ -679,7 +679,7 @@ def ihvp_nystrom_plus_identity(
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side (flat tensor or dict).
         rank: number of columns ``1 <= k <= dim``.
-        damping: ``lambda > 0``.
+        damping: ``nu > 0``.
         generator: ``torch.Generator`` for the column indices.
         indices: optional explicit distinct indices ``K`` (``rank`` of them).
         shift: identity multiple added to the core (``1`` in BLPO's code).

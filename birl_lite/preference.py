@@ -7,7 +7,7 @@ reward ``r_x(s, a) = x[s]`` (one value per state); the agent plays the soft-opti
 the current policy* and labelled by the hidden reward:
 
     f(x, pi) = sum_{s, s'} mu_pi(s) mu_pi(s') l(x_s - x_s'; p(s, s')) + lam/2 ||x||^2,
-    l(z; p) = -p log sigmoid(z) - (1 - p) log sigmoid(-z),   p(s, s') = sigmoid((r_true(s) - r_true(s')) / beta),
+    l(z; p) = -p log sigmoid(z) - (1 - p) log sigmoid(-z),   p(s, s') = sigmoid((r_true(s) - r_true(s')) / kappa),
 
 with segments of one step (the reward of a segment is the reward of its state) and
 ``mu_pi = (1 - gamma) d_pi`` the normalized discounted state visitation of ``pi`` (where the
@@ -74,7 +74,7 @@ class PreferenceProblem:
         task: the map (dynamics; ``task.r`` is not used).
         r_true: the hidden true state reward ``[S]``.
         tau: the agent's temperature; lam: ridge weight on ``x``.
-        label_beta: temperature of the labels, ``p = sigmoid(delta r_true / label_beta)``.
+        label_beta: temperature of the labels (the book's kappa), ``p = sigmoid(delta r_true / label_beta)``.
         x0: the initial learned reward ``[S]``.
         name: a description.
     """

@@ -347,3 +347,38 @@ def test_each_chapter_ran_in_under_a_minute(chapter):
     assert "under a minute" in (ROOT / "intro.md").read_text()
     assert "less than a minute" in (ROOT / "instructors.md").read_text()
     assert _recorded_seconds(chapter) < 60.0
+
+
+# One symbol, one meaning (notation.md): the second meanings these letters used to have, as they were
+# written, must not come back. lambda is GAE's (chapters 8-9) and may otherwise appear only where a
+# chapter says that papers write it; damping is nu, the ridge weight eta, eigenvalues mu.
+RETIRED = [
+    (
+        r"\\rho_[tkl]\b|\\log\\rho",
+        "rho is the initial-state distribution; the PPO ratio is varrho_t",
+    ),
+    (
+        r"\\tau \\sim|\\tau = \(s_0|f\(\\tau\)|\\sum_\\tau",
+        "tau is the temperature; a trajectory is xi",
+    ),
+    (
+        r"(bound|clip\w*) (to )?\$\\beta|\\beta ?(\\,)?(\\\||\\lVert)|1 \+ \\beta",
+        "the correction bound is c-bar",
+    ),
+    (r"\}\{\\beta\}", "beta is the step size of x; the labeller's temperature is kappa"),
+    (r"damping \$\\lambda|\\lambda I\b|\\lambda = 50|\\lambda_2", "damping is nu, eigenvalues mu"),
+    (r"\\mathbb R\^d\b|\$d \\times|\bd_t\b", "d is the state visitation"),
+]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_reserved_symbols_keep_one_meaning(path):
+    nb = _load(path)
+    text = "\n".join("".join(c["source"]) for c in nb["cells"])
+    for pattern, why in RETIRED:
+        assert not re.search(pattern, text), f"{path.stem}: {why} ({re.search(pattern, text)[0]!r})"
+    if path.stem < "08":  # before GAE, lambda only in 'papers often write $\lambda$'
+        rest = re.sub(r"write \$\\lambda\$", "", text)
+        assert "\\lambda" not in rest, f"{path.stem}: lambda is GAE's (chapters 8-9)"
+    notation = (ROOT / "notation.md").read_text(encoding="utf-8")
+    assert "\\lambda I" not in notation and "| $\\beta$ | bound" not in notation
