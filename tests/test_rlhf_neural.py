@@ -297,3 +297,42 @@ def test_command_is_resumable_and_refuses_another_configuration(tmp_path):
         main(args)
     cfg = RLHFConfig(**{**TINY, "initial_epochs": 20})
     assert run_path(tmp_path, cfg).name.startswith("CartPole-v1__loss__steps200__budget12")
+
+
+def test_true_reward_baseline_arm_and_greedy_evaluation():
+    rec = rlhf_run(RLHFConfig(arm="true", **TINY))
+    c = rec["curve"]
+    assert c["comparisons"] == [0, 0, 0] and c["agent_steps"] == [200, 300, 300]
+    assert c["heldout_accuracy"] == [None] * 3 and c["onpolicy_accuracy"] == [None] * 3
+    assert all(v >= 5 for v in c["eval_return"])  # CartPole pays >= 1 per step, episodes >= 8
+    no_eval = rlhf_run(RLHFConfig(arm="true", **{**TINY, "eval_episodes": 0}))
+    assert no_eval["curve"]["eval_return"] == [None] * 3
+    assert no_eval["curve"]["true_return"] == c["true_return"]  # evaluation leaves training alone
+
+
+def test_twin_q_halves_are_two_independent_mlps():
+    from birl_lite.rlhf.sac import TwinMLP, mlp
+
+    torch.manual_seed(0)
+    twin = TwinMLP(5, (7, 6), 3)
+    torch.manual_seed(0)
+    a, b = mlp(5, (7, 6), 3), mlp(5, (7, 6), 3)  # the same initialization draws
+    x = torch.randn(4, 5)
+    out = twin(x)
+    assert out.shape == (2, 4, 3)
+    torch.testing.assert_close(out[0], a(x))
+    torch.testing.assert_close(out[1], b(x))
+
+
+def test_command_settings_by_key(tmp_path):
+    args = ["--arms", "true", "--steps", "200", "--alternate", "100", "--budget", "12",
+            "--initial-comparisons", "4", "--n-heldout", "20", "--learning-starts", "100",
+            "--set", "eval_episodes=1", "--sac", "update_every=4", "hidden=[16,16]",
+            "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args)["run"] == 1
+    (path,) = tmp_path.glob("*.json")
+    assert "__eval_episodes=1" in path.name and "__sac.update_every=4" in path.name
+    cfg = json.loads(path.read_text())["config"]
+    assert cfg["sac"]["hidden"] == [16, 16] and cfg["arm"] == "true"
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        main([*args[:-3], "--set", "no_such_key=1", "--out", str(tmp_path)])

@@ -11,8 +11,23 @@ minibatch's windows with the current policy (their code), C and D over the fresh
 from the current policy) with prefix and window, E the loss only with disputed queries.
 
 Metrics, after each iteration: agent steps, comparisons used, the true return (mean environment
-return of the last 20 training episodes), held-out accuracy on pairs from a uniformly random
+return of the last 20 training episodes), the greedy policy's mean true return over
+``eval_episodes`` episodes on a separate env, held-out accuracy on pairs from a uniformly random
 policy, accuracy on the fresh on-policy pairs before training on them, the temperature, wall time.
+The arm ``"true"`` (:data:`BASELINE`) is the same agent on the environment's reward.
+
+The agent's defaults (``_default_sac``), tuned on LunarLander-v3's *true* reward within a CPU
+budget (one core, ~150k agent steps; phase 2a of issue 16): CleanRL's discrete SAC with
+``hidden=(128, 128)``, ``batch_size=128``, one update every 2 environment steps (CleanRL and the
+authors: 4; 2 halves the steps a CPU budget needs), Polyak targets ``0.005`` every step (the
+authors' hard copy every 8,000 steps learns too slowly at this budget), Adam ``3e-4``,
+``learning_starts=5000`` (random steps: also the untrained agent's episodes the initial comparisons
+are cut from), autotuned temperature with the entropy target ``0.7 log |A|`` (0.3 let the
+temperature fall to ~0.005 and the lander hovered until truncation for 70k steps; 0.7 is the
+setting of pomdp-baselines' SAC-discrete on LunarLander; the authors' 0.89 is for Atari),
+``reward_scale=0.1`` and no clamp (LunarLander's landing/crash bonus is +-100: the authors'
+clamp to 1 would remove it; the learned reward inherits the true reward's units when the labeller's
+temperature is 1, so the same scale serves both).
 
 Command (one JSON file per env, arm, settings and seed, written atomically; resumable; a
 finished file with another configuration is an error; a run in progress elsewhere is locked)::
@@ -71,7 +86,17 @@ BASELINE = "true"
 
 
 def _default_sac() -> SACConfig:
-    return SACConfig(learning_starts=1000, autotune=True, reward_clip=1.0)
+    """The agent of the RLHF runs, tuned on LunarLander-v3's true reward (module docstring)."""
+    return SACConfig(
+        hidden=(128, 128),
+        batch_size=128,
+        learning_starts=5000,
+        update_every=2,
+        autotune=True,
+        target_entropy_scale=0.7,
+        reward_scale=0.1,
+        reward_clip=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +121,9 @@ class RLHFConfig:
         critic_every: agent updates per TD step of arm C/D's continuation critic (its cost).
         n_members, pool_factor: the ensemble of arm E and its candidate pool.
         n_heldout: held-out pairs (uniformly random policy) for the accuracy.
+        eval_episodes: episodes of the greedy policy (``argmax`` of the actor) on a separate
+            env after each iteration, their mean true return recorded as ``eval_return``
+            (0: none); they do not touch the training streams (same seed, same training).
         sac: the agent's :class:`~birl_lite.rlhf.sac.SACConfig`. seed: everything.
     """
 
@@ -121,6 +149,7 @@ class RLHFConfig:
     n_members: int = 3
     pool_factor: int = 4
     n_heldout: int = 500
+    eval_episodes: int = 5
     sac: SACConfig = field(default_factory=_default_sac)
     seed: int = 0
 
@@ -137,7 +166,7 @@ class RLHFConfig:
                          ("fragment_length", 1), ("capacity", 1), ("reward_batch", 1),
                          ("reward_epochs", 1), ("initial_epochs", 1), ("hyper_delay", 0),
                          ("max_score_steps", 1), ("critic_every", 1), ("n_members", 2), ("pool_factor", 1),
-                         ("n_heldout", 1), ("seed", 0)):  # fmt: skip
+                         ("n_heldout", 1), ("eval_episodes", 0), ("seed", 0)):  # fmt: skip
             check_positive_int(getattr(self, name), name, lo)
         for name in ("label_temperature", "terminal_penalty", "reward_lr", "hyper_scale"):
             v = check_real(getattr(self, name), name)
@@ -221,6 +250,24 @@ def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> tuple[torch.Tensor, ...]:
     return t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), f1.true_return - f2.true_return
 
 
+@torch.no_grad()
+def greedy_return(agent: DiscreteSAC, env: gym.Env, n: int, seed: int) -> float | None:
+    """Mean true return of ``n`` episodes of the greedy policy ``argmax_a pi(a|s)`` on ``env``
+    (resets seeded ``seed, seed + 1, ...``); ``None`` when ``n = 0``."""
+    if n == 0:
+        return None
+    total = 0.0
+    for k in range(n):
+        raw, _ = env.reset(seed=seed + k)
+        done = False
+        while not done:
+            obs = torch.from_numpy(agent.encoder(raw))[None]
+            raw, r, term, trunc, _ = env.step(int(agent.actor(obs).argmax()))
+            total += float(r)
+            done = term or trunc
+    return total / n
+
+
 class _MeanReward(torch.nn.Module):
     """The ensemble's mean reward (the agent's reward in arm E)."""
 
@@ -296,8 +343,9 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     schedule = [cfg.initial_comparisons] + query_schedule(
         cfg.budget - cfg.initial_comparisons, cfg.n_iter
     )
-    keys = ("agent_steps", "comparisons", "true_return", "heldout_accuracy", "onpolicy_accuracy",
-            "temperature", "wall_time")  # fmt: skip
+    keys = ("agent_steps", "comparisons", "true_return", "eval_return", "heldout_accuracy",
+            "onpolicy_accuracy", "temperature", "wall_time")  # fmt: skip
+    eval_env = make_env(cfg.env, cfg.seed + 40_000) if cfg.eval_episodes else None
     curve: dict[str, list] = {k: [] for k in keys}
     used = 0
     agent.train(cfg.sac.learning_starts)  # the untrained agent's episodes: initial comparisons
@@ -368,7 +416,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
             agent.train(cfg.alternate, train_critic if critic is not None else None)
         mean_ret = agent.mean_return(20)
         held_acc = None if baseline else preference_accuracy(reward, *held)
-        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret, held_acc, on_acc,
+        ev = greedy_return(agent, eval_env, cfg.eval_episodes, 1_000_000 * (cfg.seed + 1))
+        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret, ev, held_acc, on_acc,
                                 agent.temperature,
                                 time.perf_counter() - t0), strict=True):  # fmt: skip
             curve[k_].append(None if isinstance(v, float) and not math.isfinite(v) else v)
