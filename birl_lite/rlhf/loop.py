@@ -80,7 +80,7 @@ __all__ = [
 
 #: The arms A-E of chapter 6, in order.
 ARMS = ("loss", "truncated", "full", "flipped", "ensemble")
-#: The true-reward baseline: the same agent, schedule and budget of agent steps, trained on the
+#: The true-reward baseline, the same agent, schedule and budget of agent steps, trained on the
 #: environment's own reward (no comparisons, no reward model).
 BASELINE = "true"
 
@@ -182,7 +182,7 @@ class RLHFConfig:
 
     @property
     def n_iter(self) -> int:
-        """Iterations after the initial one: ``steps // alternate``."""
+        """Iterations after the initial one, ``steps // alternate``."""
         return self.steps // self.alternate
 
     def to_dict(self) -> dict:
@@ -295,7 +295,7 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
             after each iteration if given (``curve``: the record's curve so far).
 
     Returns:
-        The record (JSON-ready): ``config``, ``curve`` (lists, one entry per iteration),
+        The record (JSON-ready), with ``config``, ``curve`` (lists, one entry per iteration),
         ``wall_time``, ``complete``.
     """
     if not isinstance(cfg, RLHFConfig):

@@ -299,10 +299,14 @@ class ScoreSteps:
     fragments), flattened, with what arm C needs precomputed under the current policy.
 
     Attributes:
-        obs: ``[N, d]``; actions: ``[N]``; pair: the pair of each step ``[N]`` (in ``0..m-1``);
-        weight: ``[N]`` (``n_i / k_i`` when only ``k_i`` of a pair's ``n_i`` steps are kept);
-        probs: ``pi(.|s_t)`` ``[N, A]``; cont: ``sum_t w_t (psi(s_t, a_t) - E_pi psi(s_t, .))``
-        per pair ``[m, A, h+1]`` (the output layer's continuation, fixed); n_pairs: ``m``.
+        obs: the observations ``[N, d]``.
+        actions: the actions ``[N]``.
+        pair: the pair of each step ``[N]``, in ``0..m-1``.
+        weight: ``[N]``, ``n_i / k_i`` when only ``k_i`` of a pair's ``n_i`` steps are kept.
+        probs: ``pi(.|s_t)`` ``[N, A]``.
+        cont: per pair ``[m, A, h+1]``, ``sum_t w_t (psi(s_t, a_t) - E_pi psi(s_t, .))``, the
+            output layer's continuation, held fixed.
+        n_pairs: ``m``.
     """
 
     obs: torch.Tensor
@@ -328,10 +332,14 @@ def score_steps(
     each fragment) and precompute ``pi`` and the continuation term of :func:`full_surrogate`.
 
     Args:
-        episodes: the episodes the fragments were cut from. policy: ``obs [N, d] -> probs [N, A]``.
-        critic: the continuation critic (``None``: zeros, the hidden-layer part only).
-        rng: draws ``max_steps`` steps per pair without replacement when it has more (weights
-        ``n_i / k_i`` keep the sum unbiased).
+        episodes: the episodes the fragments were cut from.
+        f1: the first fragment of each pair.
+        f2: the second fragment of each pair.
+        policy: ``obs [N, d] -> probs [N, A]``.
+        critic: the continuation critic; ``None`` gives zeros, the hidden-layer part only.
+        rng: draws ``max_steps`` steps per pair without replacement when it has more; the weights
+            ``n_i / k_i`` keep the sum unbiased.
+        max_steps: the most steps kept per pair.
     """
     obs, act, pair, wt = [], [], [], []
     for i in range(len(f1)):

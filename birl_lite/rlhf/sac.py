@@ -203,6 +203,7 @@ class TwinMLP(nn.Module):
             self._wb.append((w, c))  # plain references: no Module lookups in forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Both networks at once: ``x [B, d]`` to ``[2, B, out]`` (batched matrix products)."""
         (w, b), *rest = self._wb
         h = torch.baddbmm(b, x.expand(2, *x.shape), w)
         for w, b in rest:
