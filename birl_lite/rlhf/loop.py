@@ -115,6 +115,9 @@ class RLHFConfig:
             termination (CartPole pays +1 every step: without it every label is a coin flip).
         reward_hidden, reward_lr, reward_batch: the reward net and its Adam(W) optimizer.
         reward_epochs: passes over the FIFO per iteration; initial_epochs: on the initial data.
+            (Chosen, not tuned, for LunarLander-v3 with 2,000 comparisons: AdamW ``1e-3`` and 3
+            passes reached held-out accuracy ~0.87 by 100k agent steps, seed 0; the authors'
+            ``3e-4`` with one pass was not compared at this budget.)
         hyper_delay: agent steps before the hyper term is on (the authors: 1e5).
         hyper_scale: a factor on the hyper term (coefficient ``hyper_scale / tau``).
         max_score_steps: score steps kept per pair for arm C/D (subsampled, reweighted).
@@ -138,9 +141,9 @@ class RLHFConfig:
     label_temperature: float = 1.0
     terminal_penalty: float = 0.0
     reward_hidden: tuple[int, ...] = (64, 64)
-    reward_lr: float = 3e-4
+    reward_lr: float = 1e-3
     reward_batch: int = 64
-    reward_epochs: int = 1
+    reward_epochs: int = 3
     initial_epochs: int = 20
     hyper_delay: int = 0
     hyper_scale: float = 1.0
