@@ -6,7 +6,7 @@
 * :mod:`birl_lite.rlhf.loop`: the RLHF loop and the command ``python -m birl_lite.rlhf``.
 """
 
-from .loop import ARMS, RLHFConfig, rlhf_run
+from .loop import ARMS, BASELINE, RLHFConfig, rlhf_run
 from .sac import DiscreteSAC, SACConfig, env_reward
 
-__all__ = ["ARMS", "RLHFConfig", "rlhf_run", "DiscreteSAC", "SACConfig", "env_reward"]
+__all__ = ["ARMS", "BASELINE", "RLHFConfig", "rlhf_run", "DiscreteSAC", "SACConfig", "env_reward"]
