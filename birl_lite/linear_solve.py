@@ -600,13 +600,17 @@ def nystrom_woodbury(
         u = v / damping - (C @ sol) / damping**2
         return u, {"eigenvalues_M": torch.linalg.eigvalsh(Ms), "rank_kept": k}
     lam, U = torch.linalg.eigh(Ms)
+    eigenvalues = lam
     scale = float(lam.abs().max()) if k > 0 else 0.0
     keep = lam > k * torch.finfo(lam.dtype).eps * scale
-    if scale == 0.0 or not bool(keep.any()):
+    kept = int(keep.sum())
+    if scale == 0.0 or kept == 0:
         return v / damping, {"eigenvalues_M": lam, "rank_kept": 0}
+    # the kept eigenpairs (row-major U, as the mask's copy gives it: the same product below)
+    U, lam = (U[:, keep], lam[keep]) if kept < k else (U.contiguous(), lam)
     # Z = C U_+ diag(mu_+)^{-1/2}, formed as Z^T (a k x k by k x n product is much faster
     # than n x k by k x k, and the column-major Z is what the SVD wants)
-    Zt = (U[:, keep].T @ C.T) / torch.sqrt(lam[keep]).unsqueeze(1)
+    Zt = (U.T @ C.T) / torch.sqrt(lam).unsqueeze(1)
     Q, sigma, _ = torch.linalg.svd(Zt.T, full_matrices=False)
     # u = Q diag(1 / (sigma^2 + lambda)) Q^T v + (I - Q Q^T) v / lambda: the same as the formula
     # in the docstring, without its cancellation when lambda is tiny; every factor is in
@@ -616,7 +620,7 @@ def nystrom_woodbury(
     u = Q @ (coef / (weights if v.ndim == 1 else weights.unsqueeze(1)))
     if Q.shape[1] < Q.shape[0]:
         u = u + (v - Q @ coef) / damping
-    return u, {"eigenvalues_M": lam, "rank_kept": int(keep.sum())}
+    return u, {"eigenvalues_M": eigenvalues, "rank_kept": kept}
 
 
 def _nystrom(op: _Op, b, damping, tol, rank, indices, generator, warn) -> SolveResult:

@@ -366,6 +366,21 @@ def test_blpo_direction_solves_the_damped_system():
     plain = blpo_direction(state, mb, cfg, solver="none")
     torch.testing.assert_close(plain.direction, d.g_theta)
     assert plain.u is None
+    # the Nystrom path (no per-step finiteness checks: one on the direction) and its errors
+    state.gen.manual_seed(3)
+    nys = blpo_direction(state, mb, cfg)
+    assert nys.n_hvp == cfg.nystrom_rank and bool(torch.isfinite(nys.direction).all())
+    for bad in (0, 4546, 2.0):
+        with pytest.raises(ValueError, match="rank"):
+            blpo_direction(state, mb, cfg, rank=bad)
+    with pytest.raises(ValueError, match="damping"):
+        blpo_direction(state, mb, cfg, damping=0.0)
+    broken = dict(mb, returns=mb["returns"].clone())
+    broken["returns"][3] = float("nan")  # a NaN in the critic's targets reaches the direction
+    with pytest.raises(FloatingPointError, match="not finite"):
+        blpo_direction(state, broken, cfg)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        blpo_direction(state, dict(mb, old_logp=mb["old_logp"] + float("nan")), cfg, solver="none")
 
 
 # ---------------------------------------------------------------- module layout

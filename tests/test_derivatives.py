@@ -340,3 +340,129 @@ def test_fixed_nystrom_indices_are_drawn_once_per_run():
     K = state.fixed_nystrom_perm[: fixed.nystrom_rank]
     u_ref = ihvp_nystrom(hvp, blpo_direction(state, mb, fixed).g_w, rank=5, damping=50.0, indices=K)
     torch.testing.assert_close(us[0], u_ref.u, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------- speedups (issue 14): bit for bit
+
+
+def _columns_one_by_one(H, K):
+    """``MSEHessian.columns`` as first written (zero matrices filled column by column and the
+    blocks concatenated at the end), the reference for the stacked version."""
+    a = H.acts
+    _, l1, l2 = a.layers
+    (n, Hd), d = a.h1.shape, a.x.shape[1]
+    K = K.tolist()
+    k = len(K)
+    W1, w2 = l1.weight, l2.weight[0]
+    sizes = [Hd * d, Hd, Hd * Hd, Hd, Hd, 1]
+    starts = [sum(sizes[:i]) for i in range(6)]
+    alpha, beta, delta = (a.x.new_zeros(n, k) for _ in range(3))
+    gamma = a.x.new_zeros(k, Hd)
+    layer0, weight1, weight2 = [], [], []
+    for c, j in enumerate(K):
+        kind = max(i for i in range(6) if j >= starts[i])
+        r = j - starts[kind]
+        if kind <= 1:
+            unit = r // d if kind == 0 else r
+            alpha[:, c] = H.s1[:, unit] * (a.x[:, r % d] if kind == 0 else 1.0)
+            beta[:, c] = alpha[:, c]
+            gamma[c] = W1[:, unit]
+            layer0.append((c, unit))
+        elif kind <= 3:
+            unit = r // Hd if kind == 2 else r
+            beta[:, c] = a.h1[:, r % Hd] if kind == 2 else 1.0
+            gamma[c, unit] = 1.0
+            if kind == 2:
+                weight1.append((c, unit, r % Hd))
+        else:
+            delta[:, c] = a.h2[:, r] if kind == 4 else 1.0
+            if kind == 4:
+                weight2.append((c, r))
+    dh2 = beta.T.unsqueeze(2) * gamma.unsqueeze(1) * H.s2
+    dy = beta * (H.s2 @ (gamma * w2).T) + delta
+    de = (2.0 / n) * dy
+    gW2 = de.T @ a.h2 + ((H.e * beta).T @ H.s2) * gamma
+    gb2 = de.sum(0)
+    dd2 = (de.T.unsqueeze(2) * (w2 * H.s2)).addcmul_(H.c2, dh2)
+    for c, b in weight2:
+        dd2[c, :, b] += H.e[:, 0] * H.s2[:, b]
+    gW1 = dd2.transpose(1, 2) @ a.h1
+    for c, unit in layer0:
+        gW1[c, :, unit] += H.d2.T @ alpha[:, c]
+    gb1 = dd2.sum(1)
+    dd1 = (dd2.reshape(k * n, Hd) @ W1).view(k, n, Hd)
+    for c, unit, b in weight1:
+        dd1[c, :, b] += H.d2[:, unit]
+    dd1.mul_(H.s1)
+    for c, unit in layer0:
+        dd1[c, :, unit] += H.c1[:, unit] * alpha[:, c]
+    gW0 = (a.x.T @ dd1).transpose(1, 2)
+    gb0 = dd1.sum(1)
+    parts = (gW0, gb0, gW1, gb1, gW2.unsqueeze(1), gb2.unsqueeze(1))
+    return torch.cat([p.reshape(k, -1) for p in parts], dim=1).T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_paths_equal_the_straightforward_code_bit_for_bit(dtype):
+    """The stacked Hessian columns, the backward pass written into slices (``out=``) and the
+    cached tanh slopes give exactly the numbers of the straightforward code."""
+    gen = torch.Generator().manual_seed(3)
+    critic = Critic(4, 64, gen).to(dtype)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    x = 2.0 * torch.randn(128, 4, generator=gen, dtype=dtype)
+    targets = 5.0 * torch.randn(128, generator=gen, dtype=dtype)
+    H = MSEHessian(critic.net, x, targets)
+    sizes = [p.numel() for p in critic.parameters()]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    every_block = torch.tensor([s + z // 2 for s, z in zip(starts, sizes, strict=True)] + [0])
+    draws = [torch.randperm(H.dim, generator=gen)[:5] for _ in range(40)]
+    for K in [every_block, *draws]:
+        assert torch.equal(H.columns(K), _columns_one_by_one(H, K))
+    acts = mlp_forward(critic.net, x)
+    dy = torch.randn(128, 1, generator=gen, dtype=dtype)
+    h1, h2 = acts.h1, acts.h2
+    _, l1, l2 = acts.layers
+    d2 = (dy @ l2.weight) * (1.0 - h2 * h2)
+    d1 = (d2 @ l1.weight) * (1.0 - h1 * h1)
+    parts = (d1.T @ x, d1.sum(0), d2.T @ h1, d2.sum(0), dy.T @ h2, dy.sum(0))
+    want = torch.cat([p.reshape(-1) for p in parts])
+    assert torch.equal(mlp_vjp(acts, dy), want)
+    buf = torch.full((H.dim,), float("nan"), dtype=dtype)
+    assert mlp_vjp(acts, dy, buf) is buf and torch.equal(buf, want)
+    with pytest.raises(ValueError, match="single product"):
+        mlp_vjp(acts, dy.unsqueeze(0), buf)
+    assert torch.equal(acts.rows(7).s1, (1.0 - h1 * h1)[:7])  # the cached slopes follow rows()
+
+
+def test_adam_step_flat_is_optimizer_step_bit_for_bit():
+    """The direct fused-Adam call of adam_step_flat and step_flat (Optimizer.step) agree exactly
+    over several steps (the first one creates the state), with and without clipping and with a
+    learning rate changed between steps; other optimizers take Optimizer.step."""
+    from birl_lite.actor_critic.blpo import _lean_adam_state, adam_step_flat
+
+    gen = torch.Generator().manual_seed(4)
+    for max_norm in (0.5, None):
+        nets = [Critic(4, 64, torch.Generator().manual_seed(1)) for _ in range(2)]
+        params = [list(n.parameters()) for n in nets]
+        opts = [torch.optim.Adam(p, lr=1e-3, eps=1e-5, fused=True) for p in params]
+        for i in range(5):
+            flat = torch.randn(sum(p.numel() for p in params[0]), generator=gen)
+            for opt in opts:
+                opt.param_groups[0]["lr"] = 1e-3 * (1.0 - i / 5)
+            step_flat(opts[0], params[0], flat, max_norm)
+            adam_step_flat(opts[1], params[1], flat, max_norm)
+            assert _lean_adam_state(opts[1], params[1]) is not None  # state exists now
+            for a, b in zip(params[0], params[1], strict=True):
+                assert torch.equal(a, b)
+        for a, b in zip(opts[0].state.values(), opts[1].state.values(), strict=True):
+            assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+    net = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(net.parameters(), lr=0.1)  # not fused: the general path
+    adam_step_flat(plain, list(net.parameters()), torch.ones(8), None)
+    assert _lean_adam_state(plain, list(net.parameters())) is None
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = net.weight.detach().clone()
+    adam_step_flat(sgd, list(net.parameters()), torch.ones(8), None)
+    assert torch.equal(net.weight, before - 0.1)

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.optim.optimizer as _optimizer_module
 
-from ..ihvp import ihvp_cg, ihvp_nystrom
+from ..ihvp import ihvp_cg
+from ..linear_solve import nystrom_woodbury
 from .config import ACConfig
 from .derivatives import (
     MSEHessian,
@@ -50,13 +52,14 @@ from .derivatives import (
     policy_log_prob,
     policy_vjp,
 )
-from .ppo import normalize, step_flat, surrogate_partials
+from .ppo import _set_grads, surrogate_partials
 
 if TYPE_CHECKING:  # training imports this module
     from .training import TrainState
 
 __all__ = [
     "BLPODirection",
+    "adam_step_flat",
     "blpo_direction",
     "blpo_update",
     "clip_correction",
@@ -94,6 +97,95 @@ def clip_correction(
         scale = bound / c_norm if c_norm > 0 else 0.0
         return correction * scale, scale
     return correction, 1.0
+
+
+def adam_step_flat(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    flat: torch.Tensor,
+    max_norm: float | None,
+) -> None:
+    """:func:`~.ppo.step_flat` (clip the norm of the flat gradient to ``max_norm``, ``None``: no
+    clipping; one Adam step), with the same numbers bit for bit and about a fifth of the cost.
+
+    For the ``torch.optim.Adam(fused=True)`` optimizers of
+    :func:`~birl_lite.actor_critic.training.train` (one parameter group holding ``params``,
+    plain Adam, state initialized, no hooks) it calls the kernel ``Optimizer.step`` ends in,
+    ``torch._fused_adam_``, directly, after the same ``step += 1``: on these small networks
+    ``Optimizer.step``'s bookkeeping (grouping by device, hooks, profiling) costs several times
+    the kernel. The gradients go to the kernel as views of ``flat`` (``p.grad`` is left unset).
+    Any other optimizer or setting, and the first step (which creates Adam's state), take
+    ``optimizer.step()``.
+    """
+    if max_norm is not None:
+        flat = flat * (max_norm / (flat.norm() + 1e-6)).clamp(max=1.0)
+    lean = _lean_adam_state(optimizer, params)
+    if lean is None:
+        _set_grads(params, flat)
+        optimizer.step()
+        for p in params:  # as on the lean path: no gradient left behind
+            p.grad = None
+        return
+    group, steps, exp_avgs, exp_avg_sqs = lean
+    grads, offset = [], 0
+    for p in params:
+        k = p.numel()
+        grads.append(flat[offset : offset + k].view_as(p))
+        offset += k
+    beta1, beta2 = group["betas"]
+    torch._foreach_add_(steps, 1)
+    torch._fused_adam_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        amsgrad=False,
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )
+
+
+def _lean_adam_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]):
+    """``(group, steps, exp_avgs, exp_avg_sqs)`` when :func:`adam_step_flat` may call the fused
+    kernel directly (see there), else ``None``."""
+    if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    if (
+        not group.get("fused")
+        or group["amsgrad"]
+        or group["maximize"]
+        or group["capturable"]
+        or group["differentiable"]
+        or group.get("decoupled_weight_decay", False)
+        or not isinstance(group["lr"], float)
+        or not all(isinstance(b, float) for b in group["betas"])
+        or len(group["params"]) != len(params)
+        or any(p is not q for p, q in zip(group["params"], params, strict=True))
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or _optimizer_module._global_optimizer_pre_hooks
+        or _optimizer_module._global_optimizer_post_hooks
+    ):
+        return None
+    state = optimizer.state
+    steps, exp_avgs, exp_avg_sqs = [], [], []
+    for p in params:
+        st = state.get(p)
+        if not st or p.dtype != params[0].dtype:
+            return None
+        steps.append(st["step"])
+        exp_avgs.append(st["exp_avg"])
+        exp_avg_sqs.append(st["exp_avg_sq"])
+    return group, steps, exp_avgs, exp_avg_sqs
 
 
 def _flat(grads) -> torch.Tensor:
@@ -172,9 +264,10 @@ def blpo_direction(
     if "gae_tail" in mb:  # minibatch="chunks": the rollout's advantage beyond the chunk, a constant
         adv = adv + mb["gae_tail"]
     adv_scale = 1.0
-    if cfg.norm_adv:  # statistics are constants (see ppo.normalize)
-        adv_scale = 1.0 / (float(adv.std()) + 1e-8)
-        adv = normalize(adv)
+    if cfg.norm_adv:  # statistics are constants: ppo.normalize, with the std computed once
+        std = adv.std()
+        adv_scale = 1.0 / (float(std) + 1e-8)
+        adv = (adv - adv.mean()) / (std + 1e-8)
     pol = mlp_forward(actor.net, obs)
     ratio = torch.exp(policy_log_prob(actor, pol, actions) - mb["old_logp"].reshape(n))
     dJ_dratio, dJ_dadv = surrogate_partials(ratio, adv.reshape(n), cfg.clip_coef)
@@ -191,16 +284,7 @@ def blpo_direction(
         # 3. iHVP u ~ (H + lambda I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
         hessian = MSEHessian(critic.net, obs, returns, acts=crit.rows(n))
         if solver == "nystrom":
-            k = cfg.nystrom_rank if rank is None else rank
-            fixed = cfg.nystrom_indices == "fixed"
-            res = ihvp_nystrom(
-                hessian,
-                g_w,
-                rank=k,
-                damping=cfg.nystrom_damping if damping is None else damping,
-                generator=None if fixed else state.gen,
-                indices=_fixed_indices(state, cfg, hessian.dim)[:k] if fixed else None,
-            )
+            u, n_hvp = _nystrom_ihvp(state, cfg, hessian, g_w, rank, damping)
         else:
             res = ihvp_cg(
                 hessian,
@@ -209,18 +293,19 @@ def blpo_direction(
                 damping=cfg.cg_damping if damping is None else damping,
                 tol=1e-10,
             )
+            u, n_hvp = res.u, res.n_hvp
 
         if cfg.mixed_term == "book":
             # 4. mixed term by the score function: c = grad_theta mean_t ratio_t C_t, with
             #    q_t = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u) and C_t = sum_{t' > t} q_t'
-            dv = mlp_jvp(hessian.acts, res.u).reshape(T, m)
+            dv = mlp_jvp(hessian.acts, u).reshape(T, m)
             q = 2.0 * (values[0] - mb["returns"]) * dv
             causal = torch.einsum("etu,ue->te", mb["causal_matrix"], q).reshape(n)
             cotangents.append(ratio * causal / n)
         else:
             # 4'. the authors' estimator: c = grad_theta sum_t ratio_t q_t with
             #     q_t = d/dw [2 A_t(w) (V_w(s_t) - G_t)] . u (same step, through A(w) too)
-            dvv = mlp_jvp(crit, res.u).reshape(2, T, m)  # tangents of V(s_t), V(s'_t)
+            dvv = mlp_jvp(crit, u).reshape(2, T, m)  # tangents of V(s_t), V(s'_t)
             d_delta = cfg.gamma * (1.0 - mb["terminated"]) * dvv[1] - dvv[0]
             dA = torch.einsum("etu,ue->te", mb["gae_matrix"], d_delta) * adv_scale
             q = 2.0 * (dA * (values[0] - mb["returns"]) + adv * dvv[0])
@@ -232,6 +317,7 @@ def blpo_direction(
         ent = cfg.ent_coef * actor.entropy(obs).mean()
         g_theta = g_theta + _flat(torch.autograd.grad(ent, state.actor_params))
     if not correct:
+        _check_direction(g_theta)
         return BLPODirection(g_theta, None, None, None, None, 1.0, g_theta, 0)
 
     # 5. clip the correction relative to the direct gradient
@@ -240,7 +326,52 @@ def blpo_direction(
     if cfg.correction_control == "random":  # the control: a random direction of the same norm
         z = torch.randn(c.shape, generator=_control_generator(state, cfg), dtype=c.dtype)
         c = z * (c.norm() / z.norm().clamp_min(1e-30))
-    return BLPODirection(g_theta, g_w, res.u, c_raw, c, scale, g_theta - c, res.n_hvp)
+    direction = g_theta - c
+    _check_direction(direction)
+    return BLPODirection(g_theta, g_w, u, c_raw, c, scale, direction, n_hvp)
+
+
+def _check_direction(direction: torch.Tensor) -> None:
+    """The one finiteness check of the update (the iHVP's inputs and Hessian columns are not
+    checked one by one on this path: a NaN or inf anywhere upstream reaches the direction)."""
+    if not bool(torch.isfinite(direction).all()):
+        raise FloatingPointError(
+            "the BLPO direction is not finite (NaN or inf in the policy gradient, the critic's "
+            "Hessian or the iHVP)"
+        )
+
+
+def _nystrom_ihvp(
+    state: TrainState,
+    cfg: ACConfig,
+    hessian: MSEHessian,
+    g_w: torch.Tensor,
+    rank: int | None,
+    damping: float | None,
+) -> tuple[torch.Tensor, int]:
+    """``u = (H_k + lambda I)^{-1} g_w``: the numbers of
+    :func:`~birl_lite.ihvp.ihvp_nystrom` (same index draw from ``state.gen``, same columns, same
+    Woodbury solve), without its argument checks and its finiteness checks of ``g_w`` and of
+    the columns, which cost as much as the solve on these sizes (the caller checks the final
+    direction once). Returns ``(u, k)``."""
+    k = cfg.nystrom_rank if rank is None else rank
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= hessian.dim:
+        raise ValueError(f"rank must be an integer in [1, {hessian.dim}], got {k!r}")
+    if cfg.nystrom_indices == "fixed":
+        K = _fixed_indices(state, cfg, hessian.dim)[:k]
+    else:
+        K = torch.randperm(hessian.dim, generator=state.gen)[:k]
+    C = hessian.columns(K)
+    lam = cfg.nystrom_damping if damping is None else damping
+    try:
+        u, _ = nystrom_woodbury(C, C[K, :], g_w, lam)
+    except torch.linalg.LinAlgError as err:  # eigh fails on NaN: say where it came from
+        if not bool(torch.isfinite(C).all()):
+            raise FloatingPointError(
+                "the BLPO direction is not finite: the critic's Hessian columns contain NaN or inf"
+            ) from err
+        raise
+    return u, k
 
 
 def _fixed_indices(state: TrainState, cfg: ACConfig, dim: int) -> torch.Tensor:
@@ -273,15 +404,16 @@ def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -
     (``||c|| / ||grad_theta J||`` before clipping) and ``correction_cos`` (``cos(c, grad J)``)."""
     # 1. nesting: K critic steps towards the best response w*(theta)
     obs = mb["obs"].reshape(-1, mb["obs"].shape[-1])
+    g = None  # one gradient buffer for the K steps
     for _ in range(cfg.critic_steps):
-        g = mse_grad(mlp_forward(state.critic.net, obs), mb["returns"])
-        step_flat(state.critic_opt, state.critic_params, g, cfg.grad_clip_norm)
+        g = mse_grad(mlp_forward(state.critic.net, obs), mb["returns"], g)
+        adam_step_flat(state.critic_opt, state.critic_params, g, cfg.grad_clip_norm)
 
     # 2.-5. the hypergradient (or the plain policy gradient for ppo-nested)
     d = blpo_direction(state, mb, cfg)
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
-    step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.grad_clip_norm)
+    adam_step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.grad_clip_norm)
     out = {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}
     if d.correction_raw is not None:  # ||c|| / ||g|| before clipping, and cos(c, g)
         g_norm = float(d.g_theta.norm())
