@@ -6,10 +6,11 @@
 # birl_lite.rlhf.loop (_default_sac: the configuration tuned on the true reward).
 # Resumable: rerun to continue; finished runs are skipped (one JSON file per run in the folder).
 #   bash tools/sweep_rlhf.sh
-# Estimated cost: ~4-5 min of CPU per run on this machine kind (2.5-4.5 ms of wall time per agent
-# step on a busy 2-core machine, one core per run; arms C/D ~1.2x), so 60 runs ~ 5 h of one core,
-# 6-10 h of wall time when the machine is shared. Two at a time with `... --seeds 0-4` and
-# `... --seeds 5-9` in two shells (runs in progress are locked, so overlapping plans are safe).
+# Estimated cost: measured 480-750 s of wall time per run (true 632 s; arm A 478 and 754 s) on the
+# busy 2-core machine, one process (~2.5-4.5 ms per agent step; arms C/D ~1.2-1.3x arm A), so the
+# 60 runs take ~10-12 h of wall time one at a time, ~6 h with two in parallel on an idle machine:
+# `bash tools/sweep_rlhf.sh --seeds 0-4` and `... --seeds 5-9` in two shells (a later --seeds
+# replaces the one below; runs in progress are locked, so overlapping plans are safe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
