@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,9 @@ from .plotting import confidence_band
 
 __all__ = [
     "CurveBand",
+    "config_difference",
+    "parse_seeds",
+    "run_claimed_file",
     "PairedRow",
     "Run",
     "curve_auc",
@@ -162,15 +165,58 @@ def _read_record(path: Path) -> dict | None:
     return record
 
 
-def _config_difference(stored: dict, planned: dict) -> list[str]:
-    """Fields that differ; a field missing from a file made before it existed counts as its
-    default value (new fields always default to the previous behaviour)."""
-    defaults = {f.name: f.default for f in fields(ACConfig)}
+def config_difference(stored: dict, planned: dict, defaults: dict) -> list[str]:
+    """Fields that differ between a stored and a planned configuration; a field missing from a
+    file made before it existed counts as its default (new fields always default to the previous
+    behaviour). Shared by every experiment command (chapters 5, 6, 9 and the neural RLHF one)."""
     return sorted(
         k
         for k in set(stored) | set(planned)
         if stored.get(k, defaults.get(k)) != planned.get(k, defaults.get(k))
     )
+
+
+def _config_difference(stored: dict, planned: dict) -> list[str]:
+    return config_difference(stored, planned, {f.name: f.default for f in fields(ACConfig)})
+
+
+def run_claimed_file(path: Path, planned: dict, defaults: dict, produce: Callable[[], dict]) -> str:
+    """The unit of work of the results commands: claim ``path`` by its lock, then write
+    ``produce()`` there atomically unless a finished file with the same configuration exists.
+
+    Returns:
+        ``"run"``, ``"skipped"`` (finished, same configuration) or ``"locked"`` (claimed by
+        another command).
+
+    Raises:
+        ValueError: a finished file with another configuration (:func:`config_difference`).
+    """
+    lock = _Lock(path)
+    if not lock.acquire():
+        return "locked"
+    try:
+        record = _read_record(path)
+        if record is not None and record.get("complete"):
+            diff = config_difference(record.get("config", {}), planned, defaults)
+            if diff:
+                raise ValueError(
+                    f"results file {path} holds a finished run with another configuration "
+                    f"(differs in {diff}); delete it, or write to another --out folder"
+                )
+            return "skipped"
+        write_json_atomic(path, produce())
+        return "run"
+    finally:
+        lock.release()
+
+
+def parse_seeds(spec: Sequence[str]) -> list[int]:
+    """Seeds from the command line: ``["0-19"]`` or ``["0", "3", "5"]`` (ranges inclusive)."""
+    seeds: list[int] = []
+    for item in spec:
+        lo, _, hi = str(item).partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
 
 
 def _is_finished(run: Run) -> bool:

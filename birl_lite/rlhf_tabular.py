@@ -57,7 +57,6 @@ import numpy as np
 import torch
 
 from . import kernels
-from ._io import write_json_atomic
 from ._validation import DTYPE, check_choice, check_positive_int, check_real
 from .mdp import TabularTask, gridworld
 from .soft import expected_return, soft_policy_iteration
@@ -818,45 +817,10 @@ def run_path(out: Path, cfg: RLHFConfig) -> Path:
     )
 
 
-def _seeds(spec: list[str]) -> list[int]:
-    seeds: list[int] = []
-    for item in spec:
-        lo, _, hi = item.partition("-")
-        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return seeds
-
-
-def _config_difference(stored: dict, planned: dict) -> list[str]:
-    """Fields that differ; a field missing from a file made before it existed counts as its
-    default (new fields always default to the previous behaviour)."""
-    defaults = RLHFConfig().to_dict()
-    return sorted(
-        k
-        for k in set(stored) | set(planned)
-        if stored.get(k, defaults.get(k)) != planned.get(k, defaults.get(k))
-    )
-
-
 def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
-    from .experiments import _Lock, _read_record
+    from .experiments import run_claimed_file
 
-    lock = _Lock(path)
-    if not lock.acquire():
-        return "locked"
-    try:
-        record = _read_record(path)
-        if record is not None and record.get("complete"):
-            diff = _config_difference(record.get("config", {}), cfg.to_dict())
-            if diff:
-                raise ValueError(
-                    f"results file {path} holds a finished run with another configuration "
-                    f"(differs in {diff}); delete it, or write to another --out folder"
-                )
-            return "skipped"
-        write_json_atomic(path, rlhf_run(cfg))
-        return "run"
-    finally:
-        lock.release()
+    return run_claimed_file(path, cfg.to_dict(), RLHFConfig().to_dict(), lambda: rlhf_run(cfg))
 
 
 def load_records(folder: str | Path) -> list[dict]:
@@ -934,7 +898,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from .experiments import _check_writable
+    from .experiments import _check_writable, parse_seeds
 
     _check_writable(args.out)
     tuned = tuned_lrs(load_records(args.tuned_from)) if args.tuned_from is not None else None
@@ -962,7 +926,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
                             seed=s,
                         )
                         for lr in lrs
-                        for s in _seeds(args.seeds)
+                        for s in parse_seeds(args.seeds)
                     ]
     counts = {"run": 0, "skipped": 0, "locked": 0}
     for i, cfg in enumerate(plan):

@@ -355,3 +355,10 @@ def test_an_empty_lock_left_by_a_crash_is_taken_over_once_old(tmp_path):
     lock.write_text("")  # created, never written: the process died in between
     os.utime(lock, (0, 0))
     assert run_experiment(runs, progress=False) == {"run": 1, "skipped": 0, "locked": 0}
+
+
+def test_parse_seeds_ranges_and_lists():
+    from birl_lite.experiments import parse_seeds
+
+    assert parse_seeds(["0-3"]) == [0, 1, 2, 3]
+    assert parse_seeds(["5", "7-8"]) == [5, 7, 8]

@@ -32,6 +32,7 @@ import torch
 from .. import soft
 from .._io import write_json_atomic
 from ..envs import TabularEnv
+from ..experiments import parse_seeds
 from ..first_order import return_hypergradient
 from ..mdp import TabularTask, gridworld, random_mdp, random_reward
 from ..problems import BilevelProblem, reward_design_problem
@@ -188,17 +189,6 @@ def sobirl_run(
     }
 
 
-def _seeds(spec: list[str]) -> list[int]:
-    out: list[int] = []
-    for item in spec:
-        if "-" in item:
-            a, b = item.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(item))
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``convergence`` or ``sobirl`` sweeps (module docstring), resumable."""
     parser = argparse.ArgumentParser(description="Chapter 5 seed sweeps (resumable)")
@@ -216,13 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     jobs = []
     if args.experiment == "convergence":
         sizes = "-".join(str(N) for N in SIZES)
-        for seed in _seeds(args.seeds):
+        for seed in parse_seeds(args.seeds):
             name = f"convergence_gamma0.9_tau0.5_sizes{sizes}_seed{seed}.json"
             jobs.append((name, lambda s=seed: convergence_run(s)))
     else:
         for beta in args.beta:
             for n in args.n_transitions:
-                for seed in _seeds(args.seeds):
+                for seed in parse_seeds(args.seeds):
                     # the name holds every setting of the run, so another setting never reuses it
                     name = (
                         f"sobirl_{args.estimator}_beta{beta:g}_n{n}_iter{args.max_iter}"

@@ -50,7 +50,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .._io import write_json_atomic
 from .._validation import check_choice, check_positive_int, check_real
 from ..rlhf_tabular import label_pairs
 from .reward_model import (
@@ -458,14 +457,6 @@ def run_path(out: Path, cfg: RLHFConfig) -> Path:
     )
 
 
-def _seeds(spec: list[str]) -> list[int]:
-    seeds: list[int] = []
-    for item in spec:
-        lo, _, hi = item.partition("-")
-        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return seeds
-
-
 def _pairs(items: list[str], cls: type) -> dict:
     """``["key=value", ...]`` -> a dict of ``cls``'s fields (values parsed as JSON when they
     parse, else kept as strings); an unknown key is a ``ValueError``."""
@@ -484,27 +475,11 @@ def _pairs(items: list[str], cls: type) -> dict:
 
 def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
     """Run ``cfg`` into ``path`` unless finished ("skipped") or claimed elsewhere ("locked");
-    a finished file with another configuration raises ``ValueError``."""
-    from ..experiments import _Lock, _read_record
+    a finished file with another configuration raises ``ValueError`` (a field missing from an
+    older file counts as its default)."""
+    from ..experiments import run_claimed_file
 
-    lock = _Lock(path)
-    if not lock.acquire():
-        return "locked"
-    try:
-        record = _read_record(path)
-        if record is not None and record.get("complete"):
-            stored, planned = record.get("config", {}), cfg.to_dict()
-            diff = sorted(k for k in set(stored) | set(planned) if stored.get(k) != planned.get(k))
-            if diff:
-                raise ValueError(
-                    f"results file {path} holds a finished run with another configuration "
-                    f"(differs in {diff}); delete it, or write to another --out folder"
-                )
-            return "skipped"
-        write_json_atomic(path, rlhf_run(cfg))
-        return "run"
-    finally:
-        lock.release()
+    return run_claimed_file(path, cfg.to_dict(), RLHFConfig().to_dict(), lambda: rlhf_run(cfg))
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
@@ -549,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--out", type=Path, default=Path("results/rlhf"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    from ..experiments import _check_writable
+    from ..experiments import _check_writable, parse_seeds
 
     torch.set_num_threads(1)
     _check_writable(args.out)
@@ -576,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         )  # fmt: skip
         for e in args.envs
         for a in args.arms
-        for s in _seeds(args.seeds)
+        for s in parse_seeds(args.seeds)
     ]
     for e in args.envs:
         make_env(e).close()  # fail on an unknown env before any training
