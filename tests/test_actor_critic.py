@@ -25,7 +25,7 @@ from birl_lite.actor_critic.tabular_check import (
     tabular_blpo_problem,
 )
 from birl_lite.exercises.ch08 import causal_sums_reference, check_causal_sums
-from birl_lite.exercises.ch09 import check_gae
+from birl_lite.exercises.ch09 import check_blpo_direction, check_gae
 
 # ---------------------------------------------------------------- GAE
 
@@ -321,6 +321,26 @@ def test_check_gae(capsys):
         return gae(r, v, vn, dones, dones, gamma, lam)
 
     assert not check_gae(wrong)
+    assert "FAIL" in capsys.readouterr().out
+
+
+def _dense_blpo_direction(g_theta, g_w, H, B, nu, cbar, *, bounded=True, damped=True):
+    eye = torch.eye(len(g_w), dtype=H.dtype)
+    c = B @ torch.linalg.solve(H + (nu if damped else 0.0) * eye, g_w)
+    if bounded and c.norm() > cbar * g_theta.norm():
+        c = c * (cbar * g_theta.norm() / c.norm())
+    return g_theta - c
+
+
+def test_check_blpo_direction(capsys):
+    assert check_blpo_direction(_dense_blpo_direction)
+    for wrong in (
+        lambda *a: _dense_blpo_direction(*a, bounded=False),
+        lambda *a: _dense_blpo_direction(*a, damped=False),
+        # g + c: the sign of the correction flipped
+        lambda g, *a: 2 * g - _dense_blpo_direction(g, *a),
+    ):
+        assert not check_blpo_direction(wrong)
     assert "FAIL" in capsys.readouterr().out
 
 

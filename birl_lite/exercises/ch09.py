@@ -1,17 +1,20 @@
 """Checkers for the coding exercises of chapter 9 (generalized advantage estimation; the area under
-a learning curve)."""
+a learning curve; the bounded BLPO correction)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
+from ..actor_critic.blpo import clip_correction
 from ..actor_critic.rollout import gae
 from ..experiments import curve_auc
+from ..linear_solve import solve
 from ._common import Case, run_cases
 
-__all__ = ["check_curve_auc", "check_gae"]
+__all__ = ["check_blpo_direction", "check_curve_auc", "check_gae"]
 
 
 def check_gae(fn: Callable, n_cases: int = 20, seed: int = 0, atol: float = 1e-9) -> bool:
@@ -66,3 +69,43 @@ def check_curve_auc(fn: Callable, n_cases: int = 20, seed: int = 0) -> bool:
             )
 
     return run_cases(fn, cases(), what="birl_lite.experiments.curve_auc", atol=1e-9, rtol=1e-9)
+
+
+def check_blpo_direction(fn: Callable, n_cases: int = 20, seed: int = 0) -> bool:
+    """Check a reader's ``fn(g_theta, g_w, H, B, nu, cbar)``: steps 3, 5 and 6 of a BLPO update
+    (:mod:`birl_lite.actor_critic.blpo`) written with explicit matrices.
+
+    Args of ``fn`` (float64 tensors): ``g_theta`` ``[p]`` the policy gradient, ``g_w`` ``[d]`` the
+    leader's gradient in the critic's parameters, ``H`` ``[d, d]`` the critic loss's Hessian
+    (symmetric, not necessarily definite), ``B`` ``[p, d]`` its mixed second derivative
+    in the actor's and the critic's parameters; floats ``nu > 0`` (damping) and ``cbar >= 0``
+    (the bound). It must return the actor's direction ``[p]``: ``g_theta - c``, with
+    ``c = B (H + nu I)^{-1} g_w`` rescaled so that ``||c|| <= cbar ||g_theta||``.
+
+    The reference solves with :func:`birl_lite.linear_solve.solve` and bounds with
+    :func:`birl_lite.actor_critic.blpo.clip_correction`. Prints PASS or FAIL with the first
+    mismatch; returns whether all cases passed."""
+
+    def cases():
+        gen = torch.Generator().manual_seed(seed)
+        for k in range(n_cases):
+            p, d = (
+                int(torch.randint(2, 9, (1,), generator=gen)),
+                int(torch.randint(2, 9, (1,), generator=gen)),
+            )
+            Q = torch.randn(d, d, generator=gen, dtype=torch.float64)
+            H = Q @ Q.T / d - 0.3 * torch.eye(d, dtype=torch.float64)  # may be indefinite
+            nu = float(1.0 + torch.rand(1, generator=gen, dtype=torch.float64))
+            B = torch.randn(p, d, generator=gen, dtype=torch.float64)
+            g_theta = torch.randn(p, generator=gen, dtype=torch.float64)
+            g_w = 3.0 * torch.randn(d, generator=gen, dtype=torch.float64)
+            cbar = (0.0, 0.2, 1.0, 1e6)[k % 4]  # 1e6: the bound inactive
+            u = solve(H, g_w, damping=nu).x
+            c, _ = clip_correction(B @ u, g_theta, cbar)
+            yield Case(
+                label=f"p={p}, d={d}, nu={nu:.3f}, cbar={cbar:g}",
+                args=(g_theta, g_w, H, B, nu, cbar),
+                expected=g_theta - c,
+            )
+
+    return run_cases(fn, cases(), what="g_theta - clip(B (H + nu I)^-1 g_w)", atol=1e-9, rtol=1e-9)
