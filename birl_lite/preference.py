@@ -6,20 +6,20 @@ reward ``r_x(s, a) = x[s]`` (one value per state); the agent plays the soft-opti
 ``pi*_x`` of ``r_x``. The upper level is the Bradley-Terry loss of segment pairs *sampled from
 the current policy* and labelled by the hidden reward:
 
-    f(x, pi) = sum_{s, s'} mu_pi(s) mu_pi(s') l(x_s - x_s'; p(s, s')) + lam/2 ||x||^2,
+    f(x, pi) = sum_{s, s'} dbar_pi(s) dbar_pi(s') l(x_s - x_s'; p(s, s')) + eta/2 ||x||^2,
     l(z; p) = -p log sigmoid(z) - (1 - p) log sigmoid(-z),   p(s, s') = sigmoid((r_true(s) - r_true(s')) / kappa),
 
 with segments of one step (the reward of a segment is the reward of its state) and
-``mu_pi = (1 - gamma) d_pi`` the normalized discounted state visitation of ``pi`` (where the
-policy's trajectories are). ``f`` depends on ``pi`` only through the *data distribution*
-``mu_pi``. (H1) then splits the hypergradient into
+``dbar_pi = (1 - gamma) d_pi`` (the book's d-bar) the normalized discounted state visitation of
+``pi`` (where the policy's trajectories are). ``f`` depends on ``pi`` only through the *data distribution*
+``dbar_pi``. (H1) then splits the hypergradient into
 
 * the **direct term** ``grad_x f`` with the data held fixed: fit the labels of the comparisons
   the current policy produces (exploitation of the data one has);
 * the **policy-dependence term** ``(1/tau) sum G (grad_x Q* - grad_x V*)``: move the reward so
   that the policy produces comparisons on which the loss is lower, that is comparisons the
   current reward already ranks right. It equals ``(1 - gamma)`` times the return hypergradient of
-  the state reward ``c(s) = 2 sum_s' mu_pi(s') l(x_s - x_s'; p(s, s'))`` (chapter 6, equation
+  the state reward ``c(s) = 2 sum_s' dbar_pi(s') l(x_s - x_s'; p(s, s'))`` (chapter 6, equation
   (eq-pref-policy-return)): descending it steers the agent toward low-loss states.
 
 The split is exact here (model-based, expectations in place of samples); chapter 6 uses it to show
@@ -73,8 +73,10 @@ class PreferenceProblem:
     Attributes:
         task: the map (dynamics; ``task.r`` is not used).
         r_true: the hidden true state reward ``[S]``.
-        tau: the agent's temperature; lam: ridge weight on ``x``.
-        label_beta: temperature of the labels (the book's kappa), ``p = sigmoid(delta r_true / label_beta)``.
+        tau: the agent's temperature.
+        ridge: the ridge weight on ``x`` (the book's eta), ``f = ... + (ridge/2) ||x||^2``.
+        label_temperature: the labeller's temperature (the book's kappa),
+            ``p = sigmoid(delta r_true / label_temperature)``.
         x0: the initial learned reward ``[S]``.
         name: a description.
     """
@@ -82,8 +84,8 @@ class PreferenceProblem:
     task: TabularTask
     r_true: torch.Tensor
     tau: float
-    lam: float
-    label_beta: float
+    ridge: float
+    label_temperature: float
     x0: torch.Tensor
     name: str = "preference learning"
 
@@ -95,10 +97,10 @@ class PreferenceProblem:
                 raise ValueError(f"{attr} must have shape [S] = [{S}], got {tuple(v.shape)}")
             object.__setattr__(self, attr, v)
         object.__setattr__(self, "tau", check_tau(self.tau))
-        lam = check_real(self.lam, "lam")
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        object.__setattr__(self, "label_beta", check_tau(self.label_beta))
+        ridge = check_real(self.ridge, "ridge")
+        if ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        object.__setattr__(self, "label_temperature", check_tau(self.label_temperature))
 
     @property
     def mdp(self):
@@ -107,26 +109,26 @@ class PreferenceProblem:
 
     @property
     def labels(self) -> torch.Tensor:
-        """``p[s, s'] = sigmoid((r_true(s) - r_true(s')) / label_beta)`` ``[S, S]``."""
-        return torch.sigmoid((self.r_true[:, None] - self.r_true[None, :]) / self.label_beta)
+        """``p[s, s'] = sigmoid((r_true(s) - r_true(s')) / label_temperature)`` ``[S, S]``."""
+        return torch.sigmoid((self.r_true[:, None] - self.r_true[None, :]) / self.label_temperature)
 
     def reward_fn(self, x: torch.Tensor) -> torch.Tensor:
         """``r_x(s, a) = x[s]`` ``[S, A]``."""
         return x.unsqueeze(1).expand(-1, self.mdp.n_actions)
 
     def visitation(self, pi: torch.Tensor) -> torch.Tensor:
-        """``mu_pi = (1 - gamma) (I - gamma P_pi^T)^{-1} rho`` ``[S]`` (differentiable in ``pi``)."""
+        """``dbar_pi = (1 - gamma) (I - gamma P_pi^T)^{-1} rho`` ``[S]`` (differentiable in ``pi``)."""
         mdp = self.mdp
         return (1.0 - mdp.gamma) * kernels.visitation(mdp.transitions, mdp.gamma, pi, mdp.rho)
 
-    def loss(self, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """The expected Bradley-Terry loss of pairs drawn from ``mu`` (without the ridge), 0-dim."""
+    def loss(self, x: torch.Tensor, visitation: torch.Tensor) -> torch.Tensor:
+        """The expected Bradley-Terry loss of pairs drawn from ``visitation`` (without the ridge), 0-dim."""
         z = x[:, None] - x[None, :]
-        return mu @ bradley_terry_loss(z, self.labels) @ mu
+        return visitation @ bradley_terry_loss(z, self.labels) @ visitation
 
     def upper_fn(self, x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        """``f(x, pi)``: expected loss of on-policy pairs plus ``lam/2 ||x||^2`` (module docstring)."""
-        return self.loss(x, self.visitation(pi)) + 0.5 * self.lam * torch.dot(x, x)
+        """``f(x, pi)``: expected loss of on-policy pairs plus ``(ridge/2) ||x||^2`` (module docstring)."""
+        return self.loss(x, self.visitation(pi)) + 0.5 * self.ridge * torch.dot(x, x)
 
     def bilevel(self) -> BilevelProblem:
         """The problem as a :class:`~birl_lite.problems.BilevelProblem` (autograd derivatives)."""
@@ -141,8 +143,8 @@ def preference_problem(
     size: int = 5,
     gamma: float = 0.9,
     tau: float = 0.1,
-    lam: float = 1e-3,
-    label_beta: float = 0.5,
+    ridge: float = 1e-3,
+    label_temperature: float = 0.5,
     misleading: float = 1.0,
 ) -> PreferenceProblem:
     """A preference-learning instance on an open ``size x size`` grid (no terminal state).
@@ -172,8 +174,8 @@ def preference_problem(
         task=task,
         r_true=torch.as_tensor(r_true, dtype=DTYPE),
         tau=tau,
-        lam=lam,
-        label_beta=label_beta,
+        ridge=ridge,
+        label_temperature=label_temperature,
         x0=torch.as_tensor(x0, dtype=DTYPE),
         name=f"preference learning on the {task.name} (seed {seed})",
     )
@@ -187,7 +189,8 @@ class HypergradientSplit:
         full: ``grad phi(x)`` (H1) ``[n]``; direct: ``grad_x f`` with the data distribution held
             fixed ``[n]``; policy: ``full - direct``, the part flowing through ``pi*_x`` ``[n]``.
         phi: ``f(x, pi*_x)``; loss: the expected Bradley-Terry loss alone (0-dim).
-        pi: ``pi*_x`` ``[S, A]``; mu: its normalized visitation ``[S]``; V: ``V*_x`` ``[S]``.
+        pi: ``pi*_x`` ``[S, A]``; visitation: its normalized visitation ``[S]`` (the book's
+            d-bar); V: ``V*_x`` ``[S]``.
     """
 
     full: torch.Tensor
@@ -196,7 +199,7 @@ class HypergradientSplit:
     phi: torch.Tensor
     loss: torch.Tensor
     pi: torch.Tensor
-    mu: torch.Tensor
+    visitation: torch.Tensor
     V: torch.Tensor
 
 
@@ -209,14 +212,14 @@ def hypergradient_split(
         problem.mdp, problem.reward_fn, problem.upper_fn, x, problem.tau, form="H1", V0=V0
     )
     _, direct, _ = upper_gradients(problem.upper_fn, x, res.pi)
-    mu = problem.visitation(res.pi)
+    visitation = problem.visitation(res.pi)
     return HypergradientSplit(
         full=res.grad,
         direct=direct,
         policy=res.grad - direct,
         phi=res.phi,
-        loss=problem.loss(x, mu).detach(),
+        loss=problem.loss(x, visitation).detach(),
         pi=res.pi,
-        mu=mu,
+        visitation=visitation,
         V=res.V,
     )

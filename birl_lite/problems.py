@@ -26,7 +26,7 @@ Builders:
   that ignores the lower level (or keeps only the immediate-reward part of the hypergradient)
   cannot move (chapter 4).
 * :func:`reward_design_problem`: reward shaping on a grid map, ``r_x = r_env + features @ x``,
-  ``f = -J_designer(pi*_x) + lam / 2 ||x||^2`` with ``J_designer`` the unregularized return of the
+  ``f = -J_designer(pi*_x) + ridge / 2 ||x||^2`` with ``J_designer`` the unregularized return of the
   task's own reward.
 """
 
@@ -469,7 +469,7 @@ def reward_design_problem(
     task: TabularTask | None = None,
     *,
     features: str | torch.Tensor = "state",
-    lam: float = 1e-3,
+    ridge: float = 1e-3,
     tau: float = 0.1,
     x0: ArrayLike | None = None,
 ) -> BilevelProblem:
@@ -479,13 +479,13 @@ def reward_design_problem(
     ``r_x = r_env + features @ x``; the designer scores the agent's policy with the *true* task
     reward, without entropy:
 
-        f(x, pi) = -J_designer(pi) + lam / 2 ||x||^2,     J_designer(pi) = rho^T (I - gamma P_pi)^{-1} r_pi.
+        f(x, pi) = -J_designer(pi) + ridge / 2 ||x||^2,     J_designer(pi) = rho^T (I - gamma P_pi)^{-1} r_pi.
 
     Args:
         task: the map with its reward (:func:`~birl_lite.mdp.four_rooms` by default).
         features: ``"state"`` or ``"potential"`` (see :func:`shaping_features`) or a tensor
             ``[S, A, n]``.
-        lam: weight of the ridge penalty on ``x`` (``>= 0``).
+        ridge: weight of the ridge penalty on ``x`` (``>= 0``; the book's eta).
         tau: temperature of the agent.
         x0: starting shaping weights ``[n]``; zeros (no shaping) by default.
 
@@ -493,7 +493,7 @@ def reward_design_problem(
         A :class:`BilevelProblem` with analytic derivatives: ``dr_dx = features`` and, by the
         policy-gradient identity, ``dJ/dpi(a|s) = d(s) Q^pi(s, a)`` with ``d`` the unnormalized
         discounted visitation (chapter 3, equation (eq-pg)); ``info`` holds ``task``,
-        ``features``, ``lam`` and, for ``"state"`` features, ``states`` (the state of each
+        ``features``, ``ridge`` and, for ``"state"`` features, ``states`` (the state of each
         component of ``x``).
     """
     task = four_rooms() if task is None else task
@@ -517,9 +517,9 @@ def reward_design_problem(
             )
         check_finite(feats, "features")
     n = feats.shape[-1]
-    lam = check_real(lam, "lam")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+    ridge = check_real(ridge, "ridge")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
     x0 = torch.zeros(n, dtype=DTYPE) if x0 is None else as_tensor(x0, "x0")
     if tuple(x0.shape) != (n,):
         raise ValueError(f"x0 must have shape [n] = [{n}], got {tuple(x0.shape)}")
@@ -531,8 +531,8 @@ def reward_design_problem(
     def reward_jacobian(x: torch.Tensor) -> torch.Tensor:
         return feats
 
-    # f(x, pi) = -J_env(pi) + (lam / 2) ||x||^2, with its partials in closed form
-    upper_fn, upper_value_and_grad = negative_return(mdp, r_env, ridge=lam)
+    # f(x, pi) = -J_env(pi) + (ridge / 2) ||x||^2, with its partials in closed form
+    upper_fn, upper_value_and_grad = negative_return(mdp, r_env, ridge=ridge)
 
     return BilevelProblem(
         mdp=mdp,
@@ -543,5 +543,5 @@ def reward_design_problem(
         reward_jacobian=reward_jacobian,
         upper_value_and_grad=upper_value_and_grad,
         name=f"reward design on {task.name} ({kind} features)",
-        info={"task": task, "features": feats, "lam": lam, "kind": kind, "states": states},
+        info={"task": task, "features": feats, "ridge": ridge, "kind": kind, "states": states},
     )

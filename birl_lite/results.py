@@ -14,6 +14,9 @@ Search order for ``results/<name>``:
    from ``chapters/``);
 3. the cache ``~/.cache/birl-book/results/<name>`` (a previous fetch);
 4. a fetch from :data:`REPOSITORY` (skipped when ``fetch=False`` or ``$BIRL_BOOK_OFFLINE`` is set).
+
+The fetch clones ``$BIRL_BOOK_REPOSITORY`` when that is set (any URL ``git clone`` accepts: a fork,
+a mirror, or ``file:///path/to/repo.git`` for a local copy), :data:`REPOSITORY` otherwise.
 """
 
 from __future__ import annotations
@@ -25,8 +28,14 @@ from pathlib import Path
 
 __all__ = ["REPOSITORY", "results_folder", "fetch_results"]
 
-#: The book's repository (the results live in its ``results/`` folder on the ``main`` branch).
+#: The book's repository (the results live in its ``results/`` folder on the ``main`` branch);
+#: ``$BIRL_BOOK_REPOSITORY`` overrides it.
 REPOSITORY = "https://github.com/birl-book/birl-book"
+
+
+def _repository() -> str:
+    return os.environ.get("BIRL_BOOK_REPOSITORY") or REPOSITORY
+
 
 _CACHE = Path.home() / ".cache" / "birl-book"
 
@@ -37,6 +46,8 @@ def _has_files(folder: Path) -> bool:
 
 def fetch_results(dest: str | os.PathLike | None = None, timeout: float = 120.0) -> Path | None:
     """Fetch the repository's ``results/`` folder (a shallow, sparse ``git`` clone).
+
+    The repository is ``$BIRL_BOOK_REPOSITORY`` if set, else :data:`REPOSITORY` (its default branch).
 
     Args:
         dest: where to put the clone (default ``~/.cache/birl-book``).
@@ -54,7 +65,7 @@ def fetch_results(dest: str | os.PathLike | None = None, timeout: float = 120.0)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     commands = [
-        ["git", "clone", "--quiet", "--depth", "1", "--filter=blob:none", "--sparse", REPOSITORY,
+        ["git", "clone", "--quiet", "--depth", "1", "--filter=blob:none", "--sparse", _repository(),
          str(tmp)],
         ["git", "-C", str(tmp), "sparse-checkout", "set", "results"],
     ]  # fmt: skip
@@ -74,7 +85,8 @@ def results_folder(name: str, *, fetch: bool = True) -> Path | None:
 
     Args:
         name: the experiment's folder, e.g. ``"rlhf_tabular"``.
-        fetch: allow a fetch from :data:`REPOSITORY` when no local copy is found.
+        fetch: allow a fetch (from ``$BIRL_BOOK_REPOSITORY`` or :data:`REPOSITORY`) when no local
+            copy is found.
 
     Returns:
         the absolute path of a folder that holds at least one results file, or ``None``.

@@ -128,20 +128,7 @@ def _code_blocks(markdown, where=()):
             yield where, info.split()[0] if info else None
 
 
-# Chapters whose solutions still hold unhighlighted (indented) code, left to their authors.
-UNHIGHLIGHTED = {"08_stackelberg_actor_critic"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="indented solution code"))
-        if p.stem in UNHIGHLIGHTED
-        else p
-        for p in CHAPTERS
-    ],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_code_in_markdown_names_its_language(path):
     """Code in markdown (solutions in dropdowns included) is fenced with a language, e.g.
     ```python, so the book highlights it; an indented block or a bare fence shows as plain text."""

@@ -50,7 +50,7 @@ def _arrival(task, pi, goal, horizon):
 
 
 def test_four_rooms_agent_reaches_the_goal_slowly_and_lingers_under_the_hand_shaping():
-    design = reward_design_problem(tau=0.1, lam=1e-3)
+    design = reward_design_problem(tau=0.1, ridge=1e-3)
     task = design.info["task"]
     goal = int(torch.nonzero(task.terminal)[0])
     pi0 = design.lower(design.x0).pi
@@ -78,4 +78,4 @@ def test_preference_hypergradient_has_a_policy_term():
     assert rel(split.direct) > 0.1  # the data-held-fixed gradient misses the policy term
     # the data distribution moves with x
     other = hypergradient_split(p, p.r_true)
-    assert 0.5 * float((split.mu - other.mu).abs().sum()) > 0.5
+    assert 0.5 * float((split.visitation - other.visitation).abs().sum()) > 0.5

@@ -149,7 +149,7 @@ def test_small_temperature_solving_only_the_adjoint_repairs_the_run():
 
 
 def test_four_rooms_amortized_value_sweeps_suffice_with_an_exact_adjoint():
-    design = reward_design_problem(tau=0.1, lam=1e-3)
+    design = reward_design_problem(tau=0.1, ridge=1e-3)
     exact = m_sobirl(design, exact=True, beta=0.3, max_iter=300)
     control = m_sobirl(design, beta=0.3, max_iter=300, adjoint="exact")
     sweep = m_sobirl(design, beta=0.3, max_iter=300, adjoint="sweep")

@@ -151,9 +151,9 @@ def test_zero_sampled_returns_leave_only_the_direct_term():
         upper_fn=problem.upper_fn,
         return_weight=problem.return_weight,
     )
-    lam = float(design.info["lam"])
+    ridge = float(design.info["ridge"])
     assert torch.equal(est.policy_term, torch.zeros_like(x))
-    assert torch.allclose(est.grad, lam * x, atol=1e-15)
+    assert torch.allclose(est.grad, ridge * x, atol=1e-15)
 
 
 def test_sweep_writes_one_file_per_setting_and_seed_and_resumes(tmp_path, capsys):

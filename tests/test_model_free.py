@@ -218,7 +218,7 @@ def test_explicit_upper_objective():
 
 def test_works_on_gymnasium_frozenlake():
     task = bl.from_gymnasium("FrozenLake-v1", gamma=0.9, is_slippery=False)
-    prob = reward_design_problem(task, tau=0.2, lam=0.0)
+    prob = reward_design_problem(task, tau=0.2, ridge=0.0)
     x = 0.1 * torch.randn(prob.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = hypergradient(prob.mdp, prob.reward_fn, prob.upper_fn, x, prob.tau, form="H1")
     env = gym.make("FrozenLake-v1", is_slippery=False)
@@ -229,7 +229,7 @@ def test_works_on_gymnasium_frozenlake():
 
 def test_sobirl_is_seeded_and_improves_reward_design():
     task = bl.gridworld(SMALL_MAP, gamma=0.9, slip=0.1)
-    design = reward_design_problem(task, tau=0.1, lam=1e-3)
+    design = reward_design_problem(task, tau=0.1, ridge=1e-3)
     problem = model_free_problem(design)
     assert isinstance(problem, ModelFreeProblem)
     kw = dict(beta=0.3, max_iter=25, n_transitions=500, warmup_transitions=2000, progress=False)

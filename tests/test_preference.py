@@ -37,7 +37,7 @@ def test_split_adds_up_to_the_finite_difference_hypergradient():
     assert torch.allclose(split.full, fd.grad, rtol=1e-6, atol=1e-9)
     assert torch.allclose(split.direct + split.policy, split.full)
     assert float(split.policy.norm()) > 0.01 * float(split.direct.norm())
-    assert float(split.mu.sum()) == pytest.approx(1.0)
+    assert float(split.visitation.sum()) == pytest.approx(1.0)
 
 
 def test_policy_term_vanishes_at_zero_reward():

@@ -95,14 +95,14 @@ def test_state_features_and_reward_design_problem():
     # the designer's objective is minus the true (unregularized) return plus the ridge term
     pi = soft_value_iteration(task.mdp, r, q.tau).pi
     f = q.upper_fn(x, pi)
-    expected = -expected_return(task.mdp, pi, task.r) + 0.5 * q.info["lam"] * x @ x
+    expected = -expected_return(task.mdp, pi, task.r) + 0.5 * q.info["ridge"] * x @ x
     assert torch.allclose(f, expected, rtol=1e-12)
     q.check(x, rtol=1e-10)  # analytic dJ/dpi = d Q and dr/dx = features agree with autograd
 
 
 def test_reward_design_hypergradient_matches_finite_differences():
     task = gridworld(["S..", ".#.", "..G"], gamma=0.9, slip=0.1)
-    q = reward_design_problem(task, tau=0.2, lam=0.01)
+    q = reward_design_problem(task, tau=0.2, ridge=0.01)
     x = 0.2 * torch.randn(q.dim, generator=torch.Generator().manual_seed(1), dtype=D)
     g = hypergradient(q.mdp, q.reward_fn, q.upper_fn, x, q.tau).grad
     fd = finite_difference_hypergradient(q.mdp, q.reward_fn, q.upper_fn, x, q.tau).grad
@@ -111,7 +111,7 @@ def test_reward_design_hypergradient_matches_finite_differences():
 
 def test_potential_shaping_leaves_the_policy_unchanged():
     task = four_rooms()
-    q = reward_design_problem(task, features="potential", lam=0.0)
+    q = reward_design_problem(task, features="potential", ridge=0.0)
     x = torch.randn(q.dim, generator=torch.Generator().manual_seed(2), dtype=D)
     pi0 = soft_policy_iteration(task.mdp, q.reward(torch.zeros_like(x)), q.tau).pi
     pix = soft_policy_iteration(task.mdp, q.reward(x), q.tau).pi
@@ -173,8 +173,8 @@ def test_bad_inputs_give_clear_errors():
         shaping_features(four_rooms(), "bogus")
     with pytest.raises(ValueError, match="features"):
         reward_design_problem(features=torch.zeros(3, 3, 3))
-    with pytest.raises(ValueError, match="lam"):
-        reward_design_problem(lam=-1.0)
+    with pytest.raises(ValueError, match="ridge"):
+        reward_design_problem(ridge=-1.0)
     with pytest.raises(TypeError, match="task"):
         reward_design_problem(task=np.zeros(3))
 

@@ -84,10 +84,10 @@ def model_free_problem(
 ) -> ModelFreeProblem:
     """The model-free view of a reward-design problem (:func:`~birl_lite.problems.reward_design_problem`).
 
-    The exact problem is ``min_x -J_env(pi*_x) + lam/2 ||x||^2`` with the agent's reward
+    The exact problem is ``min_x -J_env(pi*_x) + ridge/2 ||x||^2`` with the agent's reward
     ``r_env + features @ x``. Seen through the environment (a :class:`~birl_lite.envs.TabularEnv`
     of the task, which pays ``r_env``): the designer knows only its shaping ``features @ x``
-    (``reward_fn``) and the ridge ``lam/2 ||x||^2`` (``upper_fn``); the agent learns from the
+    (``reward_fn``) and the ridge ``ridge/2 ||x||^2`` (``upper_fn``); the agent learns from the
     observed environment reward plus the shaping (``env_reward_in_lower=True``); the upper-level
     reward ``r_U`` is the environment reward (``return_weight = 1``). Same ``phi`` as the exact
     problem, so :func:`~birl_lite.model_free.algorithm.sobirl` can be compared with
@@ -106,7 +106,7 @@ def model_free_problem(
             "model_free_problem needs a reward-design BilevelProblem (reward_design_problem(...)); "
             "for other problems build a ModelFreeProblem directly"
         )
-    task, lam = info["task"], float(info["lam"])
+    task, eta = info["task"], float(info["ridge"])
     feats = as_tensor(info["features"], "features").detach()
     S, A, n = feats.shape
     F2 = feats.reshape(S * A, n)
@@ -118,7 +118,7 @@ def model_free_problem(
         return feats
 
     def ridge(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        return 0.5 * lam * torch.dot(x, x)
+        return 0.5 * eta * torch.dot(x, x)
 
     return ModelFreeProblem(
         env=TabularEnv(task, max_episode_steps=max_episode_steps),
