@@ -12,10 +12,12 @@ import torch
 from birl_lite.envs import TabularEnv
 from birl_lite.rlhf.loop import RLHFConfig, main, make_env, query_schedule, rlhf_run, run_path
 from birl_lite.rlhf.reward_model import (
+    ABSORBING,
     ContinuationCritic,
     Fragments,
     PreferenceDataset,
     RewardNet,
+    fragment_starts,
     full_surrogate,
     pair_losses,
     preference_accuracy,
@@ -255,6 +257,115 @@ def test_fragments_longer_than_every_episode_are_an_error():
 
 
 # --------------------------------------------------------------------------------------------
+# Fragments that run into termination: the absorbing state identifies the reward's offset
+# --------------------------------------------------------------------------------------------
+
+
+def _episode(T: int, terminated: bool, d: int = 3, A: int = 2, seed: int = 0) -> Episode:
+    rng = np.random.default_rng([seed, T])
+    obs = rng.standard_normal((T, d)).astype(np.float32)
+    return Episode(obs, rng.integers(A, size=T), np.arange(1.0, T + 1), terminated)
+
+
+def test_padded_fragments_shapes_and_the_labellers_returns():
+    L = 5
+    term, trunc = _episode(3, True), _episode(4, False)  # both shorter than L
+    assert fragment_starts(term, L, absorbing=True) == 3
+    assert fragment_starts(trunc, L, absorbing=True) == 0  # never padded after a truncation
+    assert fragment_starts(term, L) == fragment_starts(trunc, L) == 0
+    with pytest.raises(ValueError, match="fragment_length=5"):
+        sample_fragments([term, trunc], 4, L, np.random.default_rng(0))
+    f = sample_fragments([term, trunc], 200, L, np.random.default_rng(0), 10.0, absorbing=True)
+    assert f.obs.shape == (200, L, 3) and f.actions.shape == (200, L)
+    assert (f.episode == 0).all() and set(f.start.tolist()) == {0, 1, 2}
+    for j in range(len(f)):
+        k = 3 - f.start[j]  # real steps; the rest is the absorbing state
+        assert (f.actions[j, :k] == term.actions[f.start[j] :]).all()
+        assert (f.actions[j, k:] == ABSORBING).all() and (f.obs[j, k:] == 0).all()
+        np.testing.assert_array_equal(f.obs[j, :k], term.obs[f.start[j] :])
+        # the hidden return: the real steps' rewards (1, 2, 3), minus the terminal penalty
+        assert f.true_return[j] == term.rewards[f.start[j] :].sum() - 10.0
+    # a long truncated episode: windows inside it only, as without padding
+    g = sample_fragments([_episode(9, False)], 50, L, np.random.default_rng(1), absorbing=True)
+    assert (g.actions != ABSORBING).all() and g.start.max() <= 9 - L
+    # a long terminated one: every start, windows inside never penalized
+    h = sample_fragments([_episode(9, True)], 300, L, np.random.default_rng(2), 1.0, True)
+    assert set(h.start.tolist()) == set(range(9))
+    ends = h.start + L >= 9  # the windows that contain the termination are penalized
+    np.testing.assert_array_equal(
+        h.true_return,
+        [np.arange(1.0, 10)[s : s + L].sum() - e for s, e in zip(h.start, ends, strict=True)],
+    )
+    assert ends.any() and not ends.all()
+
+
+def test_absorbing_steps_pay_zero_in_every_fragment_return():
+    net = RewardNet(3, 2, hidden=(4,))
+    with torch.no_grad():
+        net.head.bias.fill_(5.0)  # r(0, .) = 5 + ...: the padded obs would pay if it counted
+    ep = _episode(2, True)
+    f = sample_fragments([ep], 20, 4, np.random.default_rng(0), absorbing=True)
+    t = torch.from_numpy
+    got = pair_losses(net, t(f.obs), t(f.actions), t(f.obs[:1].repeat(20, 0)),
+                      t(f.actions[:1].repeat(20, 0)), torch.ones(20))  # fmt: skip
+    real = [net.reward(t(ep.obs[s:]), t(ep.actions[s:])).sum() for s in f.start]
+    r0 = real[0]
+    ref = torch.nn.functional.softplus(-(torch.stack(real) - r0))
+    torch.testing.assert_close(got, ref)
+    # arm B's window term: a padded step contributes nothing (its reward is 0 for every x)
+    probs = torch.full((20, 4, 2), 0.5)
+    got = truncated_surrogate(net, t(f.obs), t(f.actions), probs, torch.ones(20), 1.0)
+    with torch.no_grad():
+        r = [net(t(ep.obs[s:])) for s in f.start]
+        ref = [(ri.gather(1, t(ep.actions[s:])[:, None])[:, 0] - ri.mean(1)).sum()
+               for ri, s in zip(r, f.start, strict=True)]  # fmt: skip
+    assert float(got) == pytest.approx(float(torch.stack(ref).mean()), rel=1e-5)
+
+
+def test_padding_identifies_the_reward_offset_and_windows_inside_do_not():
+    """Bradley-Terry on fragments of equal real length is blind to a constant added to the
+    reward; with fragments that run into termination (absorbing steps pay 0) it is not."""
+    torch.manual_seed(0)
+    net = RewardNet(3, 2, hidden=(8,))
+    shifted = RewardNet(3, 2, hidden=(8,))
+    shifted.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        shifted.head.bias.add_(0.7)  # r + 0.7 on every real step
+    episodes = [_episode(T, True, seed=k) for k, T in enumerate([3, 6, 9, 12, 20])]
+    y = torch.from_numpy(np.random.default_rng(3).integers(2, size=64).astype(np.float32))
+
+    def loss(model: RewardNet, absorbing: bool, seed: int) -> torch.Tensor:
+        rng = np.random.default_rng(seed)
+        f1, f2 = (sample_fragments(episodes, 64, 8, rng, absorbing=absorbing) for _ in range(2))
+        if absorbing:  # some pairs compare fragments with different numbers of real steps
+            assert ((f1.actions == ABSORBING).sum(1) != (f2.actions == ABSORBING).sum(1)).any()
+        t = torch.from_numpy
+        return pair_losses(model, t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), y).mean()
+
+    torch.testing.assert_close(loss(net, False, 1), loss(shifted, False, 1))  # not identified
+    with torch.no_grad():
+        assert abs(float(loss(net, True, 1) - loss(shifted, True, 1))) > 0.05  # identified
+    # and the fitted offset is the true one: learn r_x = b (a constant) from labels of
+    # r = -1 per step (a task that pays to end early): b < 0 is learned with padding
+    fit = RewardNet(3, 2, hidden=())
+    with torch.no_grad():
+        fit.head.weight.zero_()
+        fit.head.bias.zero_()
+    fit.head.weight.requires_grad_(False)
+    opt = torch.optim.Adam(fit.parameters(), lr=0.05)
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        f1, f2 = (sample_fragments(episodes, 64, 8, rng, absorbing=True) for _ in range(2))
+        real1, real2 = ((f.actions != ABSORBING).sum(1) for f in (f1, f2))
+        yb = torch.from_numpy((real1 < real2).astype(np.float32))  # fewer -1 steps preferred
+        t = torch.from_numpy
+        opt.zero_grad()
+        pair_losses(fit, t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), yb).mean().backward()
+        opt.step()
+    assert (fit.head.bias < -0.5).all(), fit.head.bias
+
+
+# --------------------------------------------------------------------------------------------
 # The loop and the command
 # --------------------------------------------------------------------------------------------
 
@@ -336,3 +447,24 @@ def test_command_settings_by_key(tmp_path):
     assert cfg["sac"]["hidden"] == [16, 16] and cfg["arm"] == "true"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         main([*args[:-3], "--set", "no_such_key=1", "--out", str(tmp_path)])
+
+
+def test_absorbing_is_the_default_and_files_without_it_count_as_the_old_behaviour(tmp_path):
+    assert RLHFConfig().absorbing is True
+    assert RLHFConfig(arm="true").absorbing is False  # no fragments: one name for the baseline
+    new, old = RLHFConfig(**TINY), RLHFConfig(**TINY, absorbing=False)
+    assert "__absorbing=True" in run_path(tmp_path, new).name
+    assert "absorbing" not in run_path(tmp_path, old).name  # the first results keep their names
+    args = ["--arms", "loss", "--steps", "200", "--alternate", "100", "--budget", "12",
+            "--initial-comparisons", "4", "--fragment-length", "5", "--terminal-penalty", "10",
+            "--n-heldout", "20", "--learning-starts", "100", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main([*args, "--set", "absorbing=false"])["run"] == 1
+    (path,) = tmp_path.glob("*.json")
+    rec = json.loads(path.read_text())
+    assert "heldout_accuracy_inside" not in rec["curve"]
+    del rec["config"]["absorbing"]  # as written before the field existed
+    path.write_text(json.dumps(rec))
+    assert main([*args, "--set", "absorbing=false"])["skipped"] == 1
+    assert main(args)["run"] == 1  # the default is another run, in another file
+    (padded,) = (json.loads(p.read_text()) for p in tmp_path.glob("*__absorbing=True__*.json"))
+    assert len(padded["curve"]["heldout_accuracy_inside"]) == 3

@@ -56,6 +56,7 @@ from .reward_model import (
     ContinuationCritic,
     PreferenceDataset,
     RewardNet,
+    fragment_starts,
     full_surrogate,
     pair_losses,
     preference_accuracy,
@@ -112,6 +113,11 @@ class RLHFConfig:
         label_temperature: of the Bernoulli labeller (0: noiseless; the authors: 1).
         terminal_penalty: subtracted from a window's true return when it ends the episode by
             termination (CartPole pays +1 every step: without it every label is a coin flip).
+        absorbing: fragments may run into termination, padded with the absorbing state whose
+            reward is fixed at 0 (:func:`~birl_lite.rlhf.reward_model.sample_fragments`): this
+            identifies the reward's offset, which equal-length windows inside episodes cannot.
+            ``False`` is the first results' behaviour (a results file without the field); the
+            baseline arm has no fragments and always records ``False``.
         reward_hidden, reward_lr, reward_batch: the reward net and its Adam(W) optimizer.
         reward_epochs: passes over the FIFO per iteration; initial_epochs: on the initial data.
             (Chosen, not tuned, for LunarLander-v3 with 2,000 comparisons: AdamW ``1e-3`` and 3
@@ -139,6 +145,7 @@ class RLHFConfig:
     capacity: int = 3_000
     label_temperature: float = 1.0
     terminal_penalty: float = 0.0
+    absorbing: bool = True
     reward_hidden: tuple[int, ...] = (64, 64)
     reward_lr: float = 1e-3
     reward_batch: int = 64
@@ -174,6 +181,10 @@ class RLHFConfig:
             v = check_real(getattr(self, name), name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not isinstance(self.absorbing, bool):
+            raise TypeError(f"absorbing must be a bool, got {self.absorbing!r}")
+        if self.arm == BASELINE:  # no fragments: the setting means nothing, one name per run
+            object.__setattr__(self, "absorbing", LEGACY["absorbing"])
         if self.steps < self.alternate:
             raise ValueError(f"steps ({self.steps}) must be >= alternate ({self.alternate})")
         if self.budget - self.initial_comparisons < self.n_iter:
@@ -225,8 +236,10 @@ def query_schedule(total: int, n_iter: int) -> list[int]:
     return out.tolist()
 
 
-def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> tuple[torch.Tensor, ...]:
-    """``n_heldout`` pairs of fragments from a uniformly random policy on a separate env."""
+def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> list[tuple]:
+    """``n_heldout`` pairs of fragments from a uniformly random policy on a separate env:
+    windows inside episodes (the first results' held-out set), then, when ``cfg.absorbing``,
+    pairs drawn as the training pairs are (running into termination, padded)."""
     env = make_env(cfg.env, cfg.seed + 10_000)
     rng = np.random.default_rng([cfg.seed, 3])
     episodes: list[Episode] = []
@@ -246,10 +259,19 @@ def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> tuple[torch.Tensor, ...]:
         n += len(act)
         if n > 50 * need:
             break
-    f1 = sample_fragments(episodes, cfg.n_heldout, cfg.fragment_length, rng, cfg.terminal_penalty)
-    f2 = sample_fragments(episodes, cfg.n_heldout, cfg.fragment_length, rng, cfg.terminal_penalty)
     t = torch.from_numpy
-    return t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), f1.true_return - f2.true_return
+    out = []
+    for absorbing in (False, True) if cfg.absorbing else (False,):
+        f1, f2 = (
+            sample_fragments(
+                episodes, cfg.n_heldout, cfg.fragment_length, rng, cfg.terminal_penalty, absorbing
+            )
+            for _ in range(2)
+        )
+        out.append(
+            (t(f1.obs), t(f1.actions), t(f2.obs), t(f2.actions), f1.true_return - f2.true_return)
+        )
+    return out[::-1]  # the training distribution first
 
 
 @torch.no_grad()
@@ -347,6 +369,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     )
     keys = ("agent_steps", "comparisons", "true_return", "eval_return", "heldout_accuracy",
             "onpolicy_accuracy", "temperature", "wall_time")  # fmt: skip
+    if cfg.absorbing and not baseline:
+        keys += ("heldout_accuracy_inside",)
     eval_env = make_env(cfg.env, cfg.seed + 40_000) if cfg.eval_episodes else None
     curve: dict[str, list] = {k: [] for k in keys}
     used = 0
@@ -357,17 +381,18 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
             on_acc, n_new = None, 0
         else:
             episodes = agent.drain_episodes()
-            while not any(len(e) >= L for e in episodes):  # rare: collect until one is long enough
+            # rare: collect until an episode offers a fragment
+            while not any(fragment_starts(e, L, cfg.absorbing) for e in episodes):
                 if agent.stats.global_step > cfg.steps + 100 * L + cfg.sac.learning_starts:
                     raise ValueError(f"no episode of {cfg.env} reaches fragment_length={L}")
                 agent.train(L)
                 episodes += agent.drain_episodes()
             if ensemble and it > 0:
                 c1 = sample_fragments(
-                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty
+                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty, cfg.absorbing
                 )
                 c2 = sample_fragments(
-                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty
+                    episodes, cfg.pool_factor * n_new, L, rng, cfg.terminal_penalty, cfg.absorbing
                 )
                 t = torch.from_numpy
                 pick = select_disputed(
@@ -375,8 +400,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
                 )
                 f1, f2 = c1[pick], c2[pick]
             else:
-                f1 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
-                f2 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty)
+                f1 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty, cfg.absorbing)
+                f2 = sample_fragments(episodes, n_new, L, rng, cfg.terminal_penalty, cfg.absorbing)
             fresh = [torch.from_numpy(a) for a in (f1.obs, f1.actions, f2.obs, f2.actions)]
             on_acc = preference_accuracy(reward, *fresh, f1.true_return - f2.true_return)
             y = label_pairs(f1.true_return, f2.true_return, cfg.label_temperature, rng)
@@ -417,11 +442,11 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
         if it < len(schedule) - 1:
             agent.train(cfg.alternate, train_critic if critic is not None else None)
         mean_ret = agent.mean_return(20)
-        held_acc = None if baseline else preference_accuracy(reward, *held)
+        held_acc = [] if baseline else [preference_accuracy(reward, *h) for h in held]
         ev = greedy_return(agent, eval_env, cfg.eval_episodes, 1_000_000 * (cfg.seed + 1))
-        for k_, v in zip(keys, (agent.stats.global_step, used, mean_ret, ev, held_acc, on_acc,
-                                agent.temperature,
-                                time.perf_counter() - t0), strict=True):  # fmt: skip
+        values = (agent.stats.global_step, used, mean_ret, ev, held_acc[0] if held_acc else None,
+                  on_acc, agent.temperature, time.perf_counter() - t0, *held_acc[1:])  # fmt: skip
+        for k_, v in zip(keys, values, strict=True):
             curve[k_].append(None if isinstance(v, float) and not math.isfinite(v) else v)
         if progress is not None:
             progress(it, len(schedule), curve)
@@ -439,10 +464,24 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+#: Settings that reproduce the behaviour from before a field existed: a results file written
+#: without the field was run with this value (``absorbing``: fragments inside episodes), even
+#: where the field's default is now another.
+LEGACY = {"absorbing": False}
+
+
+def reference_config() -> dict:
+    """The settings a results file is compared with where it lacks a field, and that file names
+    leave out: :class:`RLHFConfig`'s defaults with :data:`LEGACY`'s values (so the first results
+    files keep their names and stay valid, and a run with ``absorbing`` is named so)."""
+    return {**RLHFConfig().to_dict(), **LEGACY}
+
+
 def run_path(out: Path, cfg: RLHFConfig) -> Path:
-    """``<out>/<env>__<arm>__steps<N>__budget<B>[__<other non-default settings>]__seed<s>.json``
-    (``/`` in an env id becomes ``-``)."""
-    default, mine = RLHFConfig().to_dict(), cfg.to_dict()
+    """``<out>/<env>__<arm>__steps<N>__budget<B>[__<other settings>]__seed<s>.json``, the other
+    settings being those that differ from :func:`reference_config` (``/`` in an env id becomes
+    ``-``)."""
+    default, mine = reference_config(), cfg.to_dict()
     named = ("env", "arm", "steps", "budget", "seed", "sac")
     extra = "".join(
         f"__{k}={mine[k]}" for k in mine if k not in named and mine[k] != default[k]
@@ -476,10 +515,10 @@ def _pairs(items: list[str], cls: type) -> dict:
 def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
     """Run ``cfg`` into ``path`` unless finished ("skipped") or claimed elsewhere ("locked");
     a finished file with another configuration raises ``ValueError`` (a field missing from an
-    older file counts as its default)."""
+    older file counts as its :func:`reference_config` value)."""
     from ..experiments import run_claimed_file
 
-    return run_claimed_file(path, cfg.to_dict(), RLHFConfig().to_dict(), lambda: rlhf_run(cfg))
+    return run_claimed_file(path, cfg.to_dict(), reference_config(), lambda: rlhf_run(cfg))
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:

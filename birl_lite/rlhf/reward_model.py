@@ -47,7 +47,9 @@ from .sac import Episode, mlp
 
 __all__ = [
     "RewardNet",
+    "ABSORBING",
     "Fragments",
+    "fragment_starts",
     "sample_fragments",
     "PreferenceDataset",
     "pair_losses",
@@ -103,13 +105,22 @@ class RewardNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+#: The action recorded at a padded step of a fragment (:func:`sample_fragments` with
+#: ``absorbing=True``): the episode has terminated, the step is in the absorbing state, whose
+#: reward is fixed at 0 for every reward model (masked in every fragment return, never learned).
+ABSORBING = -1
+
+
 @dataclass
 class Fragments:
     """``n`` fragments of ``L`` steps.
 
     Attributes:
-        obs: ``[n, L, d]``; actions: ``[n, L]``; true_return: the hidden return of the window
-        ``[n]``; episode, start: where each was cut (index into the episode list, first step).
+        obs: the observations ``[n, L, d]`` (zeros at padded steps).
+        actions: ``[n, L]``; :data:`ABSORBING` at padded steps (after termination).
+        true_return: the hidden return of the window ``[n]`` (padded steps pay 0).
+        episode: index of the episode each was cut from ``[n]``.
+        start: its first step in that episode ``[n]``.
     """
 
     obs: np.ndarray
@@ -126,46 +137,71 @@ class Fragments:
                          self.episode[idx], self.start[idx])  # fmt: skip
 
 
+def fragment_starts(episode: Episode, length: int, absorbing: bool = False) -> int:
+    """How many fragments of ``length`` steps can start in ``episode``: ``len - length + 1``
+    (at least 0), or ``len`` when ``absorbing`` and the episode terminated (a fragment may run
+    into termination, padded with absorbing steps; never after a truncation, whose future is
+    unknown)."""
+    if absorbing and episode.terminated:
+        return len(episode)
+    return max(len(episode) - length + 1, 0)
+
+
 def sample_fragments(
     episodes: list[Episode],
     n: int,
     length: int,
     rng: np.random.Generator,
     terminal_penalty: float = 0.0,
+    absorbing: bool = False,
 ) -> Fragments:
     """``n`` fragments cut uniformly from ``episodes`` (imitation's ``RandomFragmenter``).
 
-    An episode is drawn with probability proportional to its length among those with at least
-    ``length`` steps, then a start uniformly in ``[0, len - length]``. The hidden true return is the
-    window's environment reward, minus ``terminal_penalty`` when the window ends the episode by
-    termination (the authors' ``consider_terminate``; needed where every step pays the same, as
-    CartPole's ``+1``).
+    Without ``absorbing`` (the first results' behaviour): an episode is drawn with probability
+    proportional to its length among those with at least ``length`` steps, then a start uniformly
+    in ``[0, len - length]``. Bradley-Terry on such equal-length windows cannot identify a
+    constant added to the reward, and in a terminating task that constant decides whether ending
+    the episode (landing, crashing) beats going on.
+
+    With ``absorbing``: a window is drawn uniformly among all windows, where a terminated episode
+    also offers the windows that run into its termination (starts ``0 .. len - 1``); the steps
+    after termination are the absorbing state, recorded with the action :data:`ABSORBING`, where
+    every reward model pays exactly 0, as does the environment, and as the agent's soft Bellman
+    target assumes (no bootstrap after termination). A fragment with ``k`` real steps then
+    compares ``k`` rewards with the other fragment's, which identifies the offset.
+
+    The hidden true return is the window's environment reward, minus ``terminal_penalty`` when
+    the window contains the episode's termination (the authors' ``consider_terminate``; needed
+    where every step pays the same, as CartPole's ``+1``).
 
     Raises:
-        ValueError: no episode has ``length`` steps.
+        ValueError: no episode offers a window of ``length`` steps.
     """
     n = check_positive_int(n, "n", 0)
     length = check_positive_int(length, "length")
     penalty = check_real(terminal_penalty, "terminal_penalty")
-    ok = [i for i, ep in enumerate(episodes) if len(ep) >= length]
+    counts = [fragment_starts(ep, length, absorbing) for ep in episodes]
+    ok = [i for i, c in enumerate(counts) if c > 0]
     if not ok:
         longest = max((len(ep) for ep in episodes), default=0)
         raise ValueError(
             f"fragment_length={length} is longer than every episode (longest {longest} steps, "
             f"{len(episodes)} episodes): use a shorter fragment_length"
         )
-    w = np.array([len(episodes[i]) for i in ok], float)
+    size = counts if absorbing else [len(ep) for ep in episodes]  # legacy: weight by length
+    w = np.array([size[i] for i in ok], float)
     pick = np.asarray(ok)[rng.choice(len(ok), size=n, p=w / w.sum())]
-    starts = np.array([rng.integers(0, len(episodes[i]) - length + 1) for i in pick], dtype=int)
+    starts = np.array([rng.integers(0, counts[i]) for i in pick], dtype=int)
     d = episodes[ok[0]].obs.shape[1]
     obs = np.zeros((n, length, d), np.float32)
-    act = np.zeros((n, length), np.int64)
+    act = np.full((n, length), ABSORBING, np.int64)
     ret = np.zeros(n)
     for j, (i, s) in enumerate(zip(pick, starts, strict=True)):
         ep = episodes[i]
-        obs[j], act[j] = ep.obs[s : s + length], ep.actions[s : s + length]
-        ret[j] = ep.rewards[s : s + length].sum()
-        if ep.terminated and s + length == len(ep):
+        k = min(length, len(ep) - s)  # real steps; the rest is absorbing
+        obs[j, :k], act[j, :k] = ep.obs[s : s + k], ep.actions[s : s + k]
+        ret[j] = ep.rewards[s : s + k].sum()
+        if ep.terminated and s + length >= len(ep):
             ret[j] -= penalty
     return Fragments(obs, act, ret, pick.astype(int), starts)
 
@@ -225,9 +261,15 @@ class PreferenceDataset:
 
 
 def _returns(net: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """``sum_t r_x(s_t, a_t)`` ``[m]`` of fragments ``obs [m, L, d]``, ``act [m, L]``."""
-    m, L, d = obs.shape
-    return net(obs.reshape(m * L, d)).gather(1, act.reshape(-1, 1)).reshape(m, L).sum(dim=1)
+    """``sum_t r_x(s_t, a_t)`` ``[m]`` of fragments ``obs [m, L, d]``, ``act [m, L]``; an
+    :data:`ABSORBING` step pays exactly 0."""
+    m, L = act.shape
+    r = net(obs.reshape(m * L, *obs.shape[2:]))
+    real = act >= 0
+    if bool(real.all()):
+        return r.gather(1, act.reshape(-1, 1)).reshape(m, L).sum(dim=1)
+    r = r.gather(1, act.clamp_min(0).reshape(-1, 1)).reshape(m, L)
+    return torch.where(real, r, torch.zeros((), dtype=r.dtype)).sum(dim=1)
 
 
 def pair_losses(net: nn.Module, obs1: torch.Tensor, act1: torch.Tensor, obs2: torch.Tensor,
@@ -270,9 +312,14 @@ def select_disputed(members: list[nn.Module], obs1: torch.Tensor, act1: torch.Te
 
 def _centred_reward(net: RewardNet, obs: torch.Tensor, act: torch.Tensor,
                     probs: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """``r_x(s, a) - sum_b pi(b|s) r_x(s, b)`` ``[N]`` for ``obs [N, d]``, ``probs [N, A]`` (fixed)."""
+    """``r_x(s, a) - sum_b pi(b|s) r_x(s, b)`` ``[N]`` for ``obs [N, d]``, ``probs [N, A]``
+    (fixed); 0 at an :data:`ABSORBING` step (its reward is 0 whatever ``x``)."""
     r = net(obs)
-    return r.gather(1, act.reshape(-1, 1))[:, 0] - (probs * r).sum(dim=1)
+    real = act >= 0
+    if bool(real.all()):
+        return r.gather(1, act.reshape(-1, 1))[:, 0] - (probs * r).sum(dim=1)
+    c = r.gather(1, act.clamp_min(0).reshape(-1, 1))[:, 0] - (probs * r).sum(dim=1)
+    return torch.where(real, c, torch.zeros((), dtype=c.dtype))
 
 
 def truncated_surrogate(net: RewardNet, obs: torch.Tensor, act: torch.Tensor, probs: torch.Tensor,
