@@ -18,12 +18,12 @@ dict-of-tensors layout:
 
 * :func:`ihvp_cg`: conjugate gradient, one HVP per iteration.
 * :func:`ihvp_neumann`: ``u ~ alpha sum_{j=0}^{m} (I - alpha (H + nu I))^j v``, ``m`` HVPs.
-* :func:`ihvp_nystrom`: rank-``k`` Nystrom approximation ``H ~ C M^+ C^T`` from ``k`` columns
-  ``C = H[:, K]`` (``k`` HVPs with unit vectors) and ``M = H[K, K]``, inverted with the Woodbury
-  identity (Hataya and Yamada, 2023). No iteration, hence no divergence; the ``k x k`` core is
+* :func:`ihvp_nystrom`: rank-``m`` Nystrom approximation ``H ~ C M^+ C^T`` from ``m`` columns
+  ``C = H[:, I]`` (``m`` HVPs with unit vectors) and ``M = H[I, I]``, inverted with the Woodbury
+  identity (Hataya and Yamada, 2023). No iteration, hence no divergence; the ``m x m`` core is
   solved through a symmetric eigendecomposition that drops non-positive eigenvalues, so the
   result is finite even when ``M`` is indefinite or singular.
-* :func:`ihvp_nystrom_plus_identity`: the same columns with the ``k x k`` core that BLPO's public
+* :func:`ihvp_nystrom_plus_identity`: the same columns with the ``m x m`` core that BLPO's public
   code solves, ``M + C^T C / nu + I`` (exactly the damped inverse of ``C (M + I)^{-1} C^T``),
   for comparison only.
 
@@ -338,7 +338,7 @@ class _Operator:
         return self.hvp.matmat(X)
 
     def _columns(self, K: torch.Tensor) -> torch.Tensor:
-        """``H[:, K]`` from the HVP's own ``columns(K)`` (``k`` HVPs)."""
+        """``H[:, I]`` from the HVP's own ``columns(K)`` (``m`` HVPs)."""
         self.n_hvp += len(K)
         return self.hvp.columns(K)
 
@@ -390,10 +390,11 @@ def dense_hessian(
 def hessian_columns(
     hvp: HVP | Callable[[torch.Tensor], torch.Tensor], K: torch.Tensor, dim: int | None = None
 ) -> torch.Tensor:
-    """The columns ``H[:, K]`` ``[dim, k]`` of a Hessian given as an HVP, the ``C`` of Nystrom.
+    """The columns ``H[:, K]`` ``[dim, m]`` of a Hessian given as an HVP, the ``C`` of Nystrom
+    (``K``: the ``m`` coordinates, the book's index set I).
 
     Uses the HVP's own ``columns(K)`` if it has one (a structured shortcut), else its
-    ``matmat`` on the unit vectors ``e_j, j in K``, else ``k`` HVPs. ``dim`` is needed when
+    ``matmat`` on the unit vectors ``e_j, j in K``, else ``m`` HVPs. ``dim`` is needed when
     ``hvp`` is a plain callable.
     """
     op = _operator(hvp, dim)
@@ -543,25 +544,25 @@ def ihvp_nystrom(
     safeguard: str = "eigh",
     warn: bool = False,
 ) -> IHVPResult:
-    """Nystrom iHVP: ``u = (H_k + damping I)^{-1} v`` with ``H_k = C M^+ C^T`` (chapter 7,
+    """Nystrom iHVP: ``u = (H_m + damping I)^{-1} v`` with ``H_m = C M^+ C^T`` (chapter 7,
     equation (eq-aid-woodbury)).
 
-    :func:`~birl_lite.linear_solve.solve` with ``method="nystrom"``: draws ``k = rank`` distinct
-    coordinates ``K`` uniformly (``torch.randperm`` with ``generator``), computes ``C = H[:, K]``
-    with ``k`` HVPs on unit vectors, ``M = C[K, :]``, and applies :func:`~birl_lite.linear_solve.nystrom_woodbury`. No
+    :func:`~birl_lite.linear_solve.solve` with ``method="nystrom"``: draws ``m = rank`` distinct
+    coordinates ``I`` uniformly (``torch.randperm`` with ``generator``), computes ``C = H[:, I]``
+    with ``m`` HVPs on unit vectors, ``M = C[I, :]``, and applies :func:`~birl_lite.linear_solve.nystrom_woodbury`. No
     iteration, so nothing can diverge; with the default safeguard the result is finite even when
-    ``M`` is indefinite or singular. When ``k = dim``, ``H_k = H`` and the result is the exact
+    ``M`` is indefinite or singular. When ``m = dim``, ``H_m = H`` and the result is the exact
     ``(H + damping I)^{-1} v``.
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors. If it also has
-            ``columns(K) -> H[:, K]`` or ``matmat(X) -> H X`` (``X [dim, B]``), the k columns
-            come from one such call instead of k HVPs.
+            ``columns(I) -> H[:, I]`` or ``matmat(X) -> H X`` (``X [dim, B]``), the m columns
+            come from one such call instead of m HVPs.
         v: right-hand side (flat tensor or dict).
-        rank: number of columns ``1 <= k <= dim``.
+        rank: number of columns ``1 <= m <= dim``.
         damping: ``nu > 0`` (the Woodbury identity divides by it).
         generator: ``torch.Generator`` for the column indices (same seed, same indices).
-        indices: optional explicit distinct indices ``K`` (``rank`` of them), instead of drawing.
+        indices: optional explicit distinct indices ``I`` (``rank`` of them), instead of drawing.
         safeguard: ``"eigh"`` (default) or ``"none"``, see :func:`~birl_lite.linear_solve.nystrom_woodbury`
             (``"none"`` is the unguarded formula, for comparison only).
         warn: passed to :func:`~birl_lite.linear_solve.solve`, which does not measure the
@@ -569,7 +570,7 @@ def ihvp_nystrom(
             it as not converged; off by default.
 
     Returns:
-        :class:`IHVPResult` with ``n_hvp = k``; ``info`` has ``indices``, ``eigenvalues_M`` and
+        :class:`IHVPResult` with ``n_hvp = m``; ``info`` has ``indices``, ``eigenvalues_M`` and
         ``rank_kept``.
 
     Raises:
@@ -602,7 +603,7 @@ def ihvp_nystrom(
 def nystrom_plus_identity(
     C: torch.Tensor, M: torch.Tensor, v: torch.Tensor, damping: float, *, shift: float = 1.0
 ) -> tuple[torch.Tensor, dict]:
-    """The Nystrom iHVP as BLPO's public code computes it: a ``k x k`` core with ``+ shift I``.
+    """The Nystrom iHVP as BLPO's public code computes it: an ``m x m`` core with ``+ shift I``.
 
     Chapter 7, section 7.4 ("What BLPO's code solves"). The authors' code returns
 
@@ -627,8 +628,8 @@ def nystrom_plus_identity(
     safeguard, no shift).
 
     Args:
-        C: ``[n, k]`` columns ``H[:, K]``.
-        M: ``[k, k]`` block ``H[K, K]`` (symmetrized here).
+        C: ``[n, m]`` columns ``H[:, I]``.
+        M: ``[m, m]`` block ``H[I, I]`` (symmetrized here).
         v: ``[n]`` right-hand side.
         damping: ``nu > 0``.
         shift: the identity multiple added to the core, ``>= 0`` (``1`` in BLPO's code).
@@ -672,20 +673,20 @@ def ihvp_nystrom_plus_identity(
     """Rank-``k`` Nystrom iHVP with BLPO's ``+ shift I`` core (:func:`nystrom_plus_identity`).
 
     Chapter 7, section 7.4. Same columns as :func:`ihvp_nystrom` for the same ``generator`` or
-    ``indices`` (``k`` HVPs), so the two can be compared draw by draw; only the ``k x k`` solve
+    ``indices`` (``m`` HVPs), so the two can be compared draw by draw; only the ``m x m`` solve
     differs. A reference for comparisons, not used by the library's BLPO.
 
     Args:
         hvp: an :class:`HVP` or a callable ``v -> H v`` on flat vectors.
         v: right-hand side (flat tensor or dict).
-        rank: number of columns ``1 <= k <= dim``.
+        rank: number of columns ``1 <= m <= dim``.
         damping: ``nu > 0``.
         generator: ``torch.Generator`` for the column indices.
-        indices: optional explicit distinct indices ``K`` (``rank`` of them).
+        indices: optional explicit distinct indices ``I`` (``rank`` of them).
         shift: identity multiple added to the core (``1`` in BLPO's code).
 
     Returns:
-        :class:`IHVPResult` with ``n_hvp = k``; ``info`` has ``indices``, ``core_eigenvalues``
+        :class:`IHVPResult` with ``n_hvp = m``; ``info`` has ``indices``, ``core_eigenvalues``
         and ``shifted_eigenvalues_M``.
     """
     op = _Operator(hvp, v)

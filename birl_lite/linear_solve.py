@@ -16,7 +16,7 @@ signature, whatever form ``A`` takes and whichever method fits:
                  ``alpha = 1`` and ``A = I - gamma P`` it is the sweep ``x <- b + gamma P x``
 ``"gmres"``      ``scipy.sparse.linalg.gmres`` (any nonsingular system)
 ``"bicgstab"``   ``scipy.sparse.linalg.bicgstab`` (any nonsingular system)
-``"nystrom"``    rank-``k`` Nystrom approximation ``A ~ C M^+ C^T`` from ``k`` columns, inverted by
+``"nystrom"``    rank-``m`` Nystrom approximation ``A ~ C M^+ C^T`` from ``m`` columns, inverted by
                  the Woodbury identity (chapter 7, equation (eq-aid-woodbury)); symmetric ``A``
 ===============  ================================================================================
 
@@ -61,7 +61,7 @@ class SolveResult:
     """The output of :func:`solve`.
 
     Attributes:
-        x: the solution, same shape and dtype as ``b`` (``[n]`` or ``[n, k]``).
+        x: the solution, same shape and dtype as ``b`` (``[n]`` or ``[n, nrhs]``).
         iterations: iterations performed (0 for ``"direct"`` and ``"nystrom"``); for several
             right-hand sides solved iteratively, the maximum over the columns.
         residual: the relative residual ``||b - (A + damping I) x||_2 / ||b||_2`` of the returned
@@ -89,7 +89,7 @@ class SolveResult:
 
 
 class _Op:
-    """``A`` seen by the solvers: products ``A X`` for ``X [n]`` or ``[n, k]`` in the dtype of
+    """``A`` seen by the solvers: products ``A X`` for ``X [n]`` or ``[n, c]`` in the dtype of
     ``b``, every result checked (type, shape, finite) and counted. :mod:`birl_lite.ihvp` uses it
     for Hessian columns too."""
 
@@ -150,7 +150,7 @@ class _Op:
         return torch.as_tensor(np.asarray(out, dtype=np.float64)).to(self.dtype)
 
     def apply(self, X: torch.Tensor, it: int = 0) -> torch.Tensor:
-        """``A X`` for ``X [n]`` or ``[n, k]`` (``k`` products)."""
+        """``A X`` for ``X [n]`` or ``[n, c]`` (``c`` products)."""
         shape = tuple(X.shape)
         self.products += 1 if X.ndim == 1 else shape[1]
         if self.kind == "dense":
@@ -167,8 +167,8 @@ class _Op:
         return self._check(out, shape, "A @ x", X, it)
 
     def columns(self, K: torch.Tensor) -> torch.Tensor:
-        """``A[:, K]`` ``[n, k]``: ``A.columns(K)`` when the callable offers it (a structured
-        shortcut), else the products with the unit vectors ``e_j, j in K``."""
+        """``A[:, I]`` ``[n, m]``: ``A.columns(I)`` when the callable offers it (a structured
+        shortcut), else the products with the unit vectors ``e_j, j in I``."""
         if self.kind == "dense":
             return self._check(self.matrix[:, K], (self.n, len(K)), "A[:, K]", K, 0)
         if self.kind == "sparse":
@@ -268,7 +268,7 @@ def _check_options(method, damping, tol, max_iter, x0, alpha, rank, indices, gen
 
 
 def _nystrom_indices(n: int, rank, indices, generator) -> torch.Tensor:
-    """The ``k`` distinct coordinates ``K``: ``indices`` checked, or drawn uniformly."""
+    """The ``m`` distinct coordinates ``I``: ``indices`` checked, or drawn uniformly."""
     if rank is None and indices is None:
         raise ValueError("method='nystrom' needs rank (or explicit indices)")
     if rank is not None:
@@ -290,7 +290,7 @@ def _nystrom_indices(n: int, rank, indices, generator) -> torch.Tensor:
 
 
 def _nystrom_columns(op: _Op, rank, indices, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(K, C = A[:, K])`` for the Nystrom approximation."""
+    """``(I, C = A[:, I])`` for the Nystrom approximation."""
     K = _nystrom_indices(op.n, rank, indices, generator)
     return K, op.columns(K)
 
@@ -549,32 +549,32 @@ def _iterative(op: _Op, b, x0, method, damping, tol, max_iter, alpha, warn) -> S
 def nystrom_woodbury(
     C: torch.Tensor, M: torch.Tensor, v: torch.Tensor, damping: float, *, safeguard: str = "eigh"
 ) -> tuple[torch.Tensor, dict]:
-    """``(C M^+ C^T + damping I)^{-1} v`` by the Woodbury identity, with a ``k x k`` core.
+    """``(C M^+ C^T + damping I)^{-1} v`` by the Woodbury identity, with an ``m x m`` core.
 
     For symmetric positive definite ``M`` this is chapter 7, equation (eq-aid-woodbury), with
-    ``lambda = damping``:
+    ``nu = damping``:
 
-        (C M^{-1} C^T + lambda I)^{-1} v = v / lambda - (1 / lambda^2) C (M + C^T C / lambda)^{-1} C^T v.
+        (C M^{-1} C^T + nu I)^{-1} v = v / nu - (1 / nu^2) C (M + C^T C / nu)^{-1} C^T v.
 
     ``safeguard="eigh"`` (default, never NaN for finite inputs): eigendecompose
-    ``M = U diag(mu) U^T``, keep the eigenvalues ``mu_i > k eps max|mu|`` (the rest, including
+    ``M = U diag(mu) U^T``, keep the eigenvalues ``mu_i > m eps max|mu|`` (the rest, including
     every negative one, are clipped: ``M^+`` is the pseudo-inverse of the positive part), write
     ``C M_+^+ C^T = Z Z^T`` with ``Z = C U_+ diag(mu_+)^{-1/2}``, take a thin SVD
     ``Z = Q diag(sigma) R^T`` and return
 
-        u = (1 / lambda) (v - Q diag(sigma^2 / (sigma^2 + lambda)) Q^T v)
-          = Q diag(1 / (sigma^2 + lambda)) Q^T v + (I - Q Q^T) v / lambda     (computed this way),
+        u = (1 / nu) (v - Q diag(sigma^2 / (sigma^2 + nu)) Q^T v)
+          = Q diag(1 / (sigma^2 + nu)) Q^T v + (I - Q Q^T) v / nu     (computed this way),
 
     which equals the formula above when ``M`` is positive definite, and whose weights lie in
-    ``(0, 1 / lambda]`` whatever ``M`` (so ``||u|| <= ||v|| / lambda``). ``safeguard="none"``: the
+    ``(0, 1 / nu]`` whatever ``M`` (so ``||u|| <= ||v|| / nu``). ``safeguard="none"``: the
     formula above with a plain LU solve (as in Hataya and Yamada's reference code); it can return
-    inf or NaN when the core ``M + C^T C / lambda`` is singular. It is offered for comparison only.
+    inf or NaN when the core ``M + C^T C / nu`` is singular. It is offered for comparison only.
 
     Args:
-        C: ``[n, k]`` columns ``A[:, K]``.
-        M: ``[k, k]`` block ``A[K, K]`` (symmetrized here).
-        v: ``[n]`` or ``[n, m]`` right-hand side(s).
-        damping: ``lambda > 0``.
+        C: ``[n, m]`` columns ``A[:, I]``.
+        M: ``[m, m]`` block ``A[I, I]`` (symmetrized here).
+        v: ``[n]`` or ``[n, nrhs]`` right-hand side(s).
+        damping: ``nu > 0``.
         safeguard: ``"eigh"`` or ``"none"``.
 
     Returns:
@@ -608,13 +608,13 @@ def nystrom_woodbury(
         return v / damping, {"eigenvalues_M": lam, "rank_kept": 0}
     # the kept eigenpairs (row-major U, as the mask's copy gives it: the same product below)
     U, lam = (U[:, keep], lam[keep]) if kept < k else (U.contiguous(), lam)
-    # Z = C U_+ diag(mu_+)^{-1/2}, formed as Z^T (a k x k by k x n product is much faster
-    # than n x k by k x k, and the column-major Z is what the SVD wants)
+    # Z = C U_+ diag(mu_+)^{-1/2}, formed as Z^T (an m x m by m x n product is much faster
+    # than n x m by m x m, and the column-major Z is what the SVD wants)
     Zt = (U.T @ C.T) / torch.sqrt(lam).unsqueeze(1)
     Q, sigma, _ = torch.linalg.svd(Zt.T, full_matrices=False)
-    # u = Q diag(1 / (sigma^2 + lambda)) Q^T v + (I - Q Q^T) v / lambda: the same as the formula
-    # in the docstring, without its cancellation when lambda is tiny; every factor is in
-    # (0, 1 / lambda]
+    # u = Q diag(1 / (sigma^2 + nu)) Q^T v + (I - Q Q^T) v / nu: the same as the formula
+    # in the docstring, without its cancellation when nu is tiny; every factor is in
+    # (0, 1 / nu]
     coef = Q.T @ v
     weights = sigma.square() + damping
     u = Q @ (coef / (weights if v.ndim == 1 else weights.unsqueeze(1)))
@@ -661,10 +661,10 @@ def solve(
     Args:
         A: the matrix, as a dense tensor ``[n, n]``, a scipy sparse matrix (any format), a
             ``scipy.sparse.linalg.LinearOperator``, or a callable ``x [n] -> A x [n]`` (torch).
-            A callable may also offer ``matmat(X [n, k]) -> A X`` and ``columns(K) -> A[:, K]``
+            A callable may also offer ``matmat(X [n, c]) -> A X`` and ``columns(I) -> A[:, I]``
             (as the Hessian-vector products of :mod:`birl_lite.ihvp` do); ``"direct"`` and
             ``"nystrom"`` then use them instead of one product per unit vector.
-        b: right-hand side ``[n]``, or ``[n, k]`` for ``k`` systems with the same ``A``
+        b: right-hand side ``[n]``, or ``[n, nrhs]`` for ``nrhs`` systems with the same ``A``
             (``"direct"`` and ``"nystrom"`` solve them at once, iterative methods one column
             after the other). Its dtype is kept (float64 for tabular systems, float32 for
             network Hessians); scipy-based paths compute in float64.
@@ -672,7 +672,7 @@ def solve(
             ``"neumann"`` (Richardson: ``x <- x + alpha (b - (A + damping I) x)``, converges when
             every eigenvalue of ``alpha (A + damping I)`` lies in the disc of radius 1 around 1),
             ``"gmres"``, ``"bicgstab"`` or ``"nystrom"`` (symmetric ``A``).
-        damping: ``lambda >= 0`` added to the diagonal (``> 0`` for ``"nystrom"``).
+        damping: ``nu >= 0`` added to the diagonal (``> 0`` for ``"nystrom"``).
         tol: relative residual tolerance ``>= 0``. Iterative methods stop when
             ``||b - (A + damping I) x|| <= tol ||b||``; every method reports ``converged`` against
             it. With ``tol = 0``, ``"neumann"`` and ``"cg"`` run exactly ``max_iter`` iterations
@@ -681,9 +681,9 @@ def solve(
             ``10 n`` for the others); for ``"gmres"`` it counts restart cycles, as in scipy.
         x0: starting point of an iterative method (shape of ``b``; ``None``: zeros).
         alpha: step of ``"neumann"`` (``> 0``).
-        rank: number ``k`` of Nystrom columns, ``1 <= k <= n``.
-        indices: explicit distinct Nystrom coordinates ``K`` (``k`` of them) instead of a draw.
-        generator: ``torch.Generator`` for drawing ``K`` (``torch.randperm``; same seed, same K).
+        rank: number ``m`` of Nystrom columns, ``1 <= m <= n``.
+        indices: explicit distinct Nystrom coordinates ``I`` (``m`` of them) instead of a draw.
+        generator: ``torch.Generator`` for drawing ``I`` (``torch.randperm``; same seed, same I).
         warn: issue a :class:`ConvergenceWarning` when ``converged`` is False.
 
     Returns:

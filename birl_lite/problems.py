@@ -21,7 +21,7 @@ Builders:
   ``seed``, so two calls with the same seed give the same problem.
 * :func:`inverse_rl_problem`: maximum-likelihood inverse RL on a random MDP: state rewards
   ``r_x(s, a) = r0[s, a] + F[s] . x``, ``f`` = the expected negative log-likelihood of expert
-  state-action pairs; global optimum ``phi* = n_demos sum_s mu_E(s) H(pi_E(.|s))`` at the hidden
+  state-action pairs; global optimum ``phi* = n_demos sum_s dbar_E(s) H(pi_E(.|s))`` at the hidden
   expert weights. The policy sees ``x`` only through the values of future states, so an update
   that ignores the lower level (or keeps only the immediate-reward part of the hypergradient)
   cannot move (chapter 4).
@@ -339,13 +339,13 @@ def inverse_rl_problem(
     An expert acts soft-optimally (temperature ``tau``) for the reward ``r_{x_E}``; the learner
     knows the dynamics, the base reward ``r0`` and the state features ``F``, and looks for the
     weights ``x`` whose soft-optimal policy best explains ``n_demos`` expert state-action pairs
-    drawn from the expert's normalized discounted visitation ``mu_E``:
+    drawn from the expert's normalized discounted visitation ``dbar_E`` (the book's d-bar_E):
 
         r_x(s, a) = r0[s, a] + F[s] . x        (the weights act on states, not on actions)
-        f(x, pi)  = -n_demos sum_{s, a} mu_E(s) pi_E(a|s) log pi(a|s)     (expected negative log-likelihood)
+        f(x, pi)  = -n_demos sum_{s, a} dbar_E(s) pi_E(a|s) log pi(a|s)     (expected negative log-likelihood)
 
-    ``phi(x) - phi* = n_demos sum_s mu_E(s) KL(pi_E(.|s) || pi*_x(.|s)) >= 0`` with
-    ``phi* = n_demos sum_s mu_E(s) H(pi_E(.|s))``, attained at ``x = x_E``: the global optimum is
+    ``phi(x) - phi* = n_demos sum_s dbar_E(s) KL(pi_E(.|s) || pi*_x(.|s)) >= 0`` with
+    ``phi* = n_demos sum_s dbar_E(s) H(pi_E(.|s))``, attained at ``x = x_E``: the global optimum is
     known exactly. ``f`` does not depend on ``x`` directly (``df_dx = 0``), and since
     ``grad_x r_x(s, a)`` is the same for every action, the immediate-reward part
     ``grad_x r - sum_a pi grad_x r`` of the bracket of (H1) vanishes: ``pi*_x`` depends on ``x``
@@ -369,8 +369,8 @@ def inverse_rl_problem(
 
     Returns:
         A :class:`BilevelProblem` with analytic ``reward_jacobian`` (``F`` broadcast over actions)
-        and ``upper_value_and_grad`` (``df_dx = 0``, ``df_dpi = -n_demos mu_E pi_E / pi``);
-        ``info`` holds ``r0``, ``F``, ``x_star`` (``= x_E``), ``pi_E``, ``mu_E`` and ``phi_star``.
+        and ``upper_value_and_grad`` (``df_dx = 0``, ``df_dpi = -n_demos dbar_E pi_E / pi``);
+        ``info`` holds ``r0``, ``F``, ``x_star`` (``= x_E``), ``pi_E``, ``dbar_E`` and ``phi_star``.
     """
     S = check_positive_int(n_states, "n_states", 2)
     A = check_positive_int(n_actions, "n_actions", 2)
@@ -398,9 +398,9 @@ def inverse_rl_problem(
         return jac
 
     pi_E = soft_policy_iteration(mdp, reward_fn(x_E), tau, tol=1e-13).pi
-    mu_E = state_visitation(mdp, pi_E)
-    mu_E = mu_E / mu_E.sum()
-    W = n_demos * mu_E.unsqueeze(1) * pi_E  # weight of log pi(a|s) in -f
+    dbar_E = state_visitation(mdp, pi_E)
+    dbar_E = dbar_E / dbar_E.sum()
+    W = n_demos * dbar_E.unsqueeze(1) * pi_E  # weight of log pi(a|s) in -f
     phi_star = float(-(W * torch.log(pi_E)).sum())
 
     def upper_fn(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
@@ -423,7 +423,7 @@ def inverse_rl_problem(
             "F": F,
             "x_star": x_E,
             "pi_E": pi_E,
-            "mu_E": mu_E,
+            "dbar_E": dbar_E,
             "phi_star": phi_star,
             "n_demos": n_demos,
         },

@@ -355,17 +355,40 @@ RETIRED = [
     (r"\}\{\\beta\}", "beta is the step size of x; the labeller's temperature is kappa"),
     (r"damping \$\\lambda|\\lambda I\b|\\lambda = 50|\\lambda_2", "damping is nu, eigenvalues mu"),
     (r"\\mathbb R\^d\b|\$d \\times|\bd_t\b", "d is the state visitation"),
+    (r"\\mu_\\pi|\\mu_E\b|visitation \$\\\\?mu", "mu is for eigenvalues; the normalized visitation is d-bar"),
+    (
+        r"rank[- ]\$?k\b|\bk \\times k\b|\bH_k\b|\$k = p\$|(rank|uses|BLPO's) \$k = \d|\bk = \d+\$\s+(Hessian )?columns|E_K\b|"
+        r"H\[:, ?K\]|H\[K, ?K\]|H_\{:, ?K\}|Nystrom k ?=",
+        "the Nystrom rank is m and its coordinates I; k is the outer iteration",
+    ),
+    (r"diag\}\(m_i\)|\bm_i \\[gl]l", "m counts HVPs; the eigenvalues of M are mu^M_i"),
+    (
+        r"s_L, a_L|t_0 \+ L\b|\\beta/L\b|\$L \\in|\$L = \d|\\hat L\b|\b1/L\b|constant \$L\$|loss \$L\(w\)",
+        "L is the critic's loss; a fragment's length is |sigma|, smoothness the eigenvalue bound mu-bar",
+    ),
+    (r"T\^N\b|\$N\$ soft value|\$N = 10\$|sweeps \$N\$", "N counts samples; sweeps are K"),
+    (r"\\sim N\(0, I\)", "N counts samples; the normal distribution is mathcal N"),
+    (
+        r"\bn\(s, ?a\)|\\alpha_n\b|\\frac\{1\}\{2n\}|\\frac2n\b|n_\{\\rm val\}|n_\{\\text\{demo\}\}|\$n = 128\$",
+        "n is the dimension of the upper-level variable; a number of samples is N",
+    ),
+    (r"\\delta_k = r_k|\\sum_\{k \\ge t'\}", "k is the outer iteration; time indices are t, t', l"),
 ]
+# Patterns added after these chapters were written, which their owners still have to apply (each
+# chapter here lists the strings to change in its own issue); remove a chapter once it passes.
+PENDING = {"09_blpo_in_practice": 6, "10_neural_rlhf": 6}  # RETIRED[:PENDING[stem]] applies to it meanwhile
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_reserved_symbols_keep_one_meaning(path):
     nb = _load(path)
     text = "\n".join("".join(c["source"]) for c in nb["cells"])
-    for pattern, why in RETIRED:
+    for pattern, why in RETIRED[: PENDING.get(path.stem, len(RETIRED))]:
         assert not re.search(pattern, text), f"{path.stem}: {why} ({re.search(pattern, text)[0]!r})"
     if path.stem < "08":  # before GAE, lambda only in 'papers often write $\lambda$'
         rest = re.sub(r"write \$\\lambda\$", "", text)
         assert "\\lambda" not in rest, f"{path.stem}: lambda is GAE's (chapters 8-9)"
     notation = (ROOT / "notation.md").read_text(encoding="utf-8")
     assert "\\lambda I" not in notation and "| $\\beta$ | bound" not in notation
+    for old in ("| $k$, $\\nu$", "\\mu_\\pi", "s_L, a_L", "H_{:,K}", "\\alpha_n", "$\\zeta$, $N$"):
+        assert old not in notation, f"notation.md still has {old!r}"

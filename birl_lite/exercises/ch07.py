@@ -12,7 +12,7 @@ __all__ = ["check_woodbury"]
 
 
 def _cases(n_cases: int, seed: int):
-    """Random Nystrom blocks ``(C, M, damping, v)`` of random SPD Hessians, ranks 1..n."""
+    """Random Nystrom blocks ``(C, M, damping, v)`` of random SPD Hessians ``[p, p]``, ranks 1..p."""
     gen = torch.Generator().manual_seed(seed)
     dampings = (1e-2, 0.1, 1.0, 10.0, 50.0)
     for k in range(n_cases):
@@ -30,11 +30,11 @@ def _cases(n_cases: int, seed: int):
 def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float = 1e-8) -> bool:
     """Check a reader's Woodbury solve of the damped Nystrom system.
 
-    The reader's function is called as ``fn(C, M, damping, v)`` with ``C [n, k]`` (columns
-    ``H[:, K]`` of a symmetric positive definite ``H``), ``M [k, k]`` (``H[K, K]``), a float
-    ``damping > 0`` (the ``lambda`` of chapter 7) and ``v [n]`` (float64). It must return
+    The reader's function is called as ``fn(C, M, damping, v)`` with ``C [p, m]`` (columns
+    ``H[:, I]`` of a symmetric positive definite ``H``), ``M [m, m]`` (``H[I, I]``), a float
+    ``damping > 0`` (the ``nu`` of chapter 7) and ``v [p]`` (float64). It must return
     ``u = (C M^{-1} C^T + damping I)^{-1} v``
-    ``[n]`` without forming an ``n x n`` inverse. The expected value is a dense solve; the
+    ``[p]`` without forming a ``p x p`` inverse. The expected value is a dense solve; the
     relative error ``||u - u_ref|| / ||u_ref||`` must be at most ``rtol``. The library's own
     answer is :func:`birl_lite.linear_solve.nystrom_woodbury`.
 
@@ -48,7 +48,7 @@ def check_woodbury(fn: Callable, n_cases: int = 20, seed: int = 0, rtol: float =
             eye = torch.eye(n, dtype=C.dtype)
             expected = torch.linalg.solve(0.5 * (H_k + H_k.T) + damping * eye, v)
             yield Case(
-                label=f"n={n}, k={rank}, damping={damping}",
+                label=f"p={n}, m={rank}, damping={damping}",
                 args=(C, M, damping, v),
                 expected=expected,
             )
