@@ -1,7 +1,7 @@
 """Shared pytest setup.
 
 * One torch thread per worker (the suite runs with ``pytest -n 2``).
-* A marker per chapter (``ch01`` ... ``ch09``) on the chapter's notebook and on the unit tests of the
+* A marker per chapter (``ch01`` ... ``ch10``) on the chapter's notebook and on the unit tests of the
   modules it introduces, so that an instructor can run one chapter's checks alone:
   ``make chapter CH=03``, i.e. ``pytest --nbval -m ch03 tests chapters``.
 """
@@ -28,6 +28,7 @@ CHAPTER_TESTS = {
     "07": ("test_ihvp", "test_linear_solve", "test_ch07_claims"),
     "08": ("test_actor_critic", "test_learning", "test_ch08_claims"),
     "09": ("test_experiments",),
+    "10": ("test_rlhf_neural",),
 }
 
 

@@ -110,3 +110,38 @@ def test_potential_shaping_checker_accepts_reference_and_rejects_missing_gamma(c
     assert "PASS" in out and "by more than 1e-6 in 20/20" in out
     assert not check_potential_shaping(lambda mdp, Phi: mdp.expect_next(Phi) - Phi[:, None])
     assert "FAIL on case 0" in capsys.readouterr().out
+
+
+def test_padded_bt_loss_checker_accepts_masked_sums_and_rejects_counting_padding(capsys):
+    from birl_lite.exercises import check_padded_bt_loss
+
+    softplus = torch.nn.functional.softplus
+
+    def bt(z, y):
+        return y * softplus(-z) + (1 - y) * softplus(z)
+
+    def masked(r1, r2, real1, real2, y):
+        return bt(torch.where(real1, r1, 0.0).sum(1) - torch.where(real2, r2, 0.0).sum(1), y)
+
+    assert check_padded_bt_loss(masked)
+    assert "PASS" in capsys.readouterr().out
+    assert not check_padded_bt_loss(lambda r1, r2, real1, real2, y: bt(r1.sum(1) - r2.sum(1), y))
+    assert "FAIL on case 1" in capsys.readouterr().out
+
+
+def test_truncated_surrogate_checker_needs_the_stop_gradient(capsys):
+    from birl_lite.exercises import check_truncated_surrogate
+
+    def surrogate(net, obs, act, probs, losses, coef, detach=True):
+        m, T, d = obs.shape
+        r = net(obs.reshape(m * T, d))
+        c = r.gather(1, act.reshape(-1, 1))[:, 0] - (probs.reshape(m * T, -1) * r).sum(1)
+        weights = losses.detach() if detach else losses
+        return coef * (weights * c.reshape(m, T).sum(1)).mean()
+
+    assert check_truncated_surrogate(surrogate)
+    assert "PASS" in capsys.readouterr().out
+    assert not check_truncated_surrogate(lambda *a: surrogate(*a, detach=False))
+    assert "FAIL on case 0" in capsys.readouterr().out
+    assert not check_truncated_surrogate(lambda *a: surrogate(*a).detach())  # no gradient at all
+    assert "FAIL on case 0" in capsys.readouterr().out
