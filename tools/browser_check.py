@@ -15,10 +15,10 @@ Checks, for every HTML page of the book:
 * no equation label is left as text, e.g. ``(eq-dV)`` where ``(26)`` belongs (a reference that did
   not resolve, or a label written in a docstring or code cell; see ``tools/book_eq_labels.py``);
 * at the 1280 x 900 window, nothing runs past the right edge of the content column: code (cells and
-  solutions, dropdowns opened) and cell outputs fit it with no sideways scroll bar; a display
-  equation or a table may scroll sideways inside its own box, but none is clipped or sticks out
-  (``overflow_problems``; the layout is ``_static/birl.css``); those that scroll are listed, as
-  candidates for a shorter line;
+  solutions, dropdowns opened), cell outputs and display equations fit it with no sideways scroll
+  bar (a long equation is broken into aligned lines); a table may scroll sideways inside its own
+  box, but none is clipped or sticks out (``overflow_problems``; the layout is
+  ``_static/birl.css``); the tables that scroll are listed, as candidates for a narrower table;
 * every raster figure has a natural resolution of at least twice its rendered width (sharp on a
   high-density screen; ``use_book_style`` makes the chapters' figures so), and none is shrunk
   below 96% of its intended size, which would shrink its fonts with it
@@ -57,8 +57,8 @@ MIN_FIGURE_RESOLUTION = 2.0
 MIN_FIGURE_SCALE = 0.96
 
 # What runs past the right edge of the content column (article.bd-article's content box), per kind
-# of element. "strict" kinds (code, outputs) must fit with no sideways scroll bar; the others may
-# scroll inside their own box (or a scrolling container inside the column). An element is a problem
+# of element. "strict" kinds (code, outputs, display equations) must fit with no sideways scroll
+# bar; tables may scroll inside their own box (or a scrolling container inside the column). An element is a problem
 # when content is clipped (overflow hidden, its own or an ancestor's), or when what it draws
 # (its box, or content spilling out of it) ends right of the column. Dropdowns are opened first so
 # that the solutions are measured too; elements not displayed are skipped.
@@ -75,7 +75,7 @@ OVERFLOW_JS = """
   const KINDS = [
     ['code', 'div.highlight > pre', true],
     ['output', 'div.cell_output pre, div.cell_output .output.text_html, div.cell_output img', true],
-    ['equation', 'mjx-container[display="true"]', false],
+    ['equation', 'mjx-container[display="true"]', true],
     ['table', 'table', false],
   ];
   const label = (el, kind) => {
