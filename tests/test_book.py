@@ -407,7 +407,10 @@ RETIRED = [
         r"\bn\(s, ?a\)|\\alpha_n\b|\\frac\{1\}\{2n\}|\\frac2n\b|n_\{\\rm val\}|n_\{\\text\{demo\}\}|\$n = 128\$",
         "n is the dimension of the upper-level variable; a number of samples is N",
     ),
-    (r"\\delta_k = r_k|\\sum_\{k \\ge t'\}", "k is the outer iteration; time indices are t, t', l"),
+    (
+        r"\\delta_k = r_k|\\sum_\{k \\ge t'\}|\\Pr\(s_k\b|\\partial x_k\b",
+        "k is the outer iteration; time indices are t, t', l; coordinates of x are x_i",
+    ),
 ]
 # Patterns added after these chapters were written, which their owners still have to apply (each
 # chapter here lists the strings to change in its own issue); remove a chapter once it passes.
