@@ -195,19 +195,30 @@ def run_claimed_file(path: Path, planned: dict, defaults: dict, produce: Callabl
     if not lock.acquire():
         return "locked"
     try:
-        record = _read_record(path)
-        if record is not None and record.get("complete"):
-            diff = config_difference(record.get("config", {}), planned, defaults)
-            if diff:
-                raise ValueError(
-                    f"results file {path} holds a finished run with another configuration "
-                    f"(differs in {diff}); delete it, or write to another --out folder"
-                )
+        if is_finished_file(path, planned, defaults):
             return "skipped"
         write_json_atomic(path, produce())
         return "run"
     finally:
         lock.release()
+
+
+def is_finished_file(path: Path, planned: dict, defaults: dict) -> bool:
+    """Whether ``path`` holds a finished run of the configuration ``planned``.
+
+    Raises:
+        ValueError: a finished file with another configuration (:func:`config_difference`).
+    """
+    record = _read_record(path)
+    if record is None or not record.get("complete"):
+        return False
+    diff = config_difference(record.get("config", {}), planned, defaults)
+    if diff:
+        raise ValueError(
+            f"results file {path} holds a finished run with another configuration "
+            f"(differs in {diff}); delete it, or write to another --out folder"
+        )
+    return True
 
 
 def parse_seeds(spec: Sequence[str]) -> list[int]:
@@ -225,16 +236,8 @@ def _is_finished(run: Run) -> bool:
     Raises:
         ValueError: a finished file with another configuration is in the way.
     """
-    record = _read_record(run.path)
-    if record is None or not record.get("complete"):
-        return False
-    diff = _config_difference(record.get("config", {}), run.config.to_dict())
-    if diff:
-        raise ValueError(
-            f"results file {run.path} holds a finished run with another configuration "
-            f"(differs in {diff}); delete it, or write to another --out folder"
-        )
-    return True
+    defaults = {f.name: f.default for f in fields(ACConfig)}
+    return is_finished_file(run.path, run.config.to_dict(), defaults)
 
 
 def _check_writable(folder: Path) -> None:
@@ -436,6 +439,24 @@ def run_experiment(
 
 def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
     """Yield the outcome of every run as Ray finishes them (one CPU each)."""
+    yield from run_on_ray(_run_claimed, todo, workers, address)
+
+
+_RAY_TOKEN: str | None = None
+
+
+def run_on_ray(func: Callable[[Any], Any], items: Sequence[Any], workers: int,
+               address: str | None = None):  # fmt: skip
+    """Yield ``func(item)`` for every item, in the order Ray finishes them, one CPU each: the
+    parallel executor of every results command (this module's and ``python -m birl_lite.rlhf``).
+
+    Args:
+        func: a module-level function (Ray pickles it by reference), e.g. a claim-and-write unit.
+        items: its arguments, one task each.
+        workers: CPUs of the local Ray instance started here.
+        address: join an existing Ray cluster instead (``"ray://host:10001"``, ``"auto"``);
+            ``workers`` is then ignored.
+    """
     import secrets
     import shutil
 
@@ -447,19 +468,32 @@ def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
         # token file under the home folder (it would by default); its session files go to a
         # fresh folder of the temporary folder (two commands never share one), removed at the
         # end. Offline is fine (no dashboard).
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        # One token per process: Ray keeps the first one it read, so a second local instance
+        # started by this process (another command, another test) must get the same.
+        global _RAY_TOKEN
+        _RAY_TOKEN = _RAY_TOKEN or secrets.token_hex(32)
+        os.environ.setdefault("RAY_AUTH_TOKEN", _RAY_TOKEN)
         session_dir = tempfile.mkdtemp(prefix="ray-")
-        ray.init(
-            num_cpus=workers,
-            include_dashboard=False,
-            log_to_driver=False,
-            _temp_dir=session_dir,
-        )
+        # Ray waits a fixed 30 s for its raylet to register: a busy machine can miss that
+        for attempt in range(3):
+            try:
+                ray.init(
+                    num_cpus=workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _temp_dir=session_dir,
+                )
+                break
+            except Exception as exc:  # Ray raises a bare Exception for this timeout
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    shutil.rmtree(session_dir, ignore_errors=True)
+                    raise
     else:
         ray.init(address=address, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1)(_run_claimed)
-        pending = [remote.remote(run) for run in todo]
+        remote = ray.remote(num_cpus=1)(func)
+        pending = [remote.remote(item) for item in items]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])

@@ -465,6 +465,25 @@ def test_absorbing_is_the_default_and_files_without_it_count_as_the_old_behaviou
     del rec["config"]["absorbing"]  # as written before the field existed
     path.write_text(json.dumps(rec))
     assert main([*args, "--set", "absorbing=false"])["skipped"] == 1
-    assert main(args)["run"] == 1  # the default is another run, in another file
+    assert main(args[:-1])["run"] == 1  # the default: another run, another file (with bars)
     (padded,) = (json.loads(p.read_text()) for p in tmp_path.glob("*__absorbing=True__*.json"))
     assert len(padded["curve"]["heldout_accuracy_inside"]) == 3
+
+
+def test_command_trains_runs_in_parallel_on_ray(tmp_path):
+    """``--workers 2``: two runs as Ray tasks, files written, the numbers of a sequential run."""
+    args = ["--arms", "loss", "--steps", "200", "--alternate", "100", "--budget", "12",
+            "--initial-comparisons", "4", "--fragment-length", "5", "--terminal-penalty", "10",
+            "--n-heldout", "20", "--learning-starts", "100", "--quiet"]  # fmt: skip
+    par, seq = tmp_path / "par", tmp_path / "seq"
+    assert main([*args, "--seeds", "0-1", "--workers", "2", "--out", str(par)])["run"] == 2
+    assert main([*args, "--seeds", "0-1", "--workers", "2", "--out", str(par)])["skipped"] == 2
+    assert main([*args, "--seeds", "1", "--out", str(seq)])["run"] == 1
+    files = sorted(par.glob("*.json"))
+    assert [f.name[-10:] for f in files] == ["seed0.json", "seed1.json"]
+    (one,) = seq.glob("*.json")
+    a, b = json.loads(files[1].read_text()), json.loads(one.read_text())
+    assert a["complete"] and a["config"] == b["config"]
+    for key in ("true_return", "heldout_accuracy", "onpolicy_accuracy", "temperature"):
+        assert a["curve"][key] == b["curve"][key]
+    assert not list(par.glob("*.lock"))

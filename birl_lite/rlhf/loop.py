@@ -512,13 +512,22 @@ def _pairs(items: list[str], cls: type) -> dict:
     return out
 
 
-def _run_claimed(path: Path, cfg: RLHFConfig) -> str:
+def _run_claimed(path: Path, cfg: RLHFConfig, progress: object = None) -> str:
     """Run ``cfg`` into ``path`` unless finished ("skipped") or claimed elsewhere ("locked");
     a finished file with another configuration raises ``ValueError`` (a field missing from an
-    older file counts as its :func:`reference_config` value)."""
+    older file counts as its :func:`reference_config` value). ``progress``: as in
+    :func:`rlhf_run`."""
     from ..experiments import run_claimed_file
 
-    return run_claimed_file(path, cfg.to_dict(), reference_config(), lambda: rlhf_run(cfg))
+    return run_claimed_file(
+        path, cfg.to_dict(), reference_config(), lambda: rlhf_run(cfg, progress)
+    )
+
+
+def _run_job(job: tuple[Path, RLHFConfig]) -> tuple[Path, str]:
+    """``(path, status)`` of :func:`_run_claimed` on ``job = (path, cfg)``: the unit of work of
+    a parallel command."""
+    return job[0], _run_claimed(*job)
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
@@ -561,8 +570,22 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         help="SACConfig settings, e.g. update_every=2 hidden=[128,128] (JSON values)",
     )
     p.add_argument("--out", type=Path, default=Path("results/rlhf"))
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained in parallel on a local Ray instance (1: one after the other, no Ray)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join an existing Ray cluster at this address instead (e.g. auto, ray://host:10001)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no line per run")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be an integer >= 1, got {args.workers}")
     from ..experiments import _check_writable, parse_seeds
 
     torch.set_num_threads(1)
@@ -594,12 +617,50 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     ]
     for e in args.envs:
         make_env(e).close()  # fail on an unknown env before any training
+    return _execute(plan, args.out.absolute(), args.workers, args.address,
+                    progress=not (args.quiet or args.no_progress), verbose=not args.quiet)  # fmt: skip
+
+
+def _execute(plan: list[RLHFConfig], out: Path, workers: int, address: str | None,
+             progress: bool, verbose: bool) -> dict[str, int]:  # fmt: skip
+    """Train every run of ``plan`` without a finished file, one after the other (progress bars
+    over runs and over the iterations of the current run) or on Ray
+    (:func:`birl_lite.experiments.run_on_ray`, one CPU a run; a bar over runs)."""
+    from tqdm.auto import tqdm
+
+    from ..experiments import is_finished_file, run_on_ray
+
     counts = {"run": 0, "skipped": 0, "locked": 0}
-    for i, cfg in enumerate(plan):
-        path = run_path(args.out, cfg)
-        status = _run_claimed(path, cfg)
+    jobs = [(run_path(out, cfg), cfg) for cfg in plan]
+    bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress, position=0)
+
+    def done(status: str, path: Path) -> None:
         counts[status] += 1
-        if not args.quiet:
-            print(f"[{i + 1}/{len(plan)}] {status:7s} {path.name}", flush=True)
+        bar.update(1)
+        if verbose:
+            bar.write(f"[{bar.n}/{len(jobs)}] {status:7s} {path.name}")
+
+    try:
+        if workers == 1 and address is None:
+            for path, cfg in jobs:
+                inner = tqdm(total=cfg.n_iter + 1, desc=f"{cfg.env} {cfg.arm} seed {cfg.seed}",
+                             unit="it", leave=False, disable=not progress, position=1)  # fmt: skip
+                try:
+                    status = _run_claimed(path, cfg, lambda *_, b=inner: b.update(1))
+                finally:
+                    inner.close()
+                done(status, path)
+        else:
+            todo = []
+            for path, cfg in jobs:  # finished runs need no Ray task (nor Ray, when all are)
+                if is_finished_file(path, cfg.to_dict(), reference_config()):
+                    done("skipped", path)
+                else:
+                    todo.append((path, cfg))
+            if todo:
+                for path, status in run_on_ray(_run_job, todo, workers, address):
+                    done(status, path)
+    finally:
+        bar.close()
     print(f"done: {counts}")
     return counts
