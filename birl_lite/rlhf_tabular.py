@@ -1,7 +1,7 @@
 """Reward learning from sampled comparisons, tabular: the fair test of chapter 6.
 
 The upper level of RLHF as bilevel RL (chapter 6, section "The experiment"): the designer learns a
-state-action reward table ``r_x(s, a) = x[s, a]`` from comparisons of *fragments* (``L`` consecutive
+state-action reward table ``r_x(s, a) = x[s, a]`` from comparisons of *fragments* (``|sigma|`` consecutive
 steps) drawn from the agent's current policy ``pi*_x`` and labelled by a synthetic labeller on the
 hidden true return; the agent (the lower level) plays the soft-optimal policy of ``r_x``, solved
 exactly (:func:`birl_lite.soft.soft_policy_iteration`). The upper objective is the expected
@@ -12,12 +12,12 @@ Bradley-Terry loss of on-policy pairs,
 
 with ``phi(sigma)`` the state-action counts of the fragment's window and ``D_pi`` the fragment
 distribution: a start ``s_0 ~ rho``, a prefix of ``T ~ Geometric(1 - gamma)`` steps (so the window
-starts at a state of the normalized discounted visitation ``mu_pi``), then the window of ``L``
+starts at a state of the normalized discounted visitation ``dbar_pi``), then the window of ``|sigma|``
 steps. (H1) splits ``grad phi`` into the *direct* term (the gradient of the loss with the data held
 fixed: the usual reward-learning update) and the *policy-dependence* term, a score-function term
 because ``D_pi`` depends on ``x`` through ``pi*_x``:
 
-    policy term = (1/tau) E[ l * sum_{t < T + L} (grad_x Q*_x(s_t, a_t) - grad_x V*_x(s_t)) ],
+    policy term = (1/tau) E[ l * sum_{t < T + len(sigma)} (grad_x Q*_x(s_t, a_t) - grad_x V*_x(s_t)) ],
 
 (the sum runs over both fragments, prefix included). The arms of the experiment
 (:class:`RLHFConfig`, field ``arm``), on paired seeds:
@@ -189,7 +189,7 @@ class Fragments:
     """``n`` fragments as count vectors over state-action pairs (index ``s * A + a``).
 
     Attributes:
-        window: counts of the ``L`` window steps ``[n, S*A]`` (``phi(sigma)``).
+        window: counts of the ``|sigma|`` window steps ``[n, S*A]`` (``phi(sigma)``).
         score: counts of every step up to the window's end, prefix included ``[n, S*A]`` (the
             steps whose actions the fragment's probability depends on).
         true_return: ``sum_t r_true(s_t, a_t)`` over the window ``[n]``.
@@ -247,12 +247,12 @@ def sample_fragments(
     """``n`` fragments of ``length`` steps from ``D_pi`` (module docstring).
 
     ``s_0 ~ rho``, a prefix of ``T`` steps with ``P(T = t) = (1 - gamma) gamma^t`` (so the window
-    starts at ``s ~ mu_pi``, the normalized discounted visitation), then ``length`` steps, all
+    starts at ``s ~ dbar_pi``, the normalized discounted visitation), then ``length`` steps, all
     under ``pi``.
 
     Args:
         ctask: the task; pi: the policy ``[S, A]`` (numpy); n: the number of fragments;
-        length: ``L``; rng: a numpy generator.
+        length: ``|sigma|``; rng: a numpy generator.
 
     Returns:
         :class:`Fragments` (``score`` counts the prefix and the window).
@@ -482,8 +482,8 @@ def heldout_accuracy(x: np.ndarray, diff: np.ndarray, true_diff: np.ndarray) -> 
 def exact_policy_term(
     ctask: ComparisonTask, x: np.ndarray, tau: float, temperature: float
 ) -> np.ndarray:
-    """Brute force for one-step fragments (``L = 1``, tiny tasks): the policy-dependence term of
-    ``f(x, pi*_x) = sum_{(s,a), (s',b)} D(s,a) D(s',b) E_y l``, ``D = mu_pi(s) pi(a|s)``.
+    """Brute force for one-step fragments (``|sigma| = 1``, tiny tasks): the policy-dependence term of
+    ``f(x, pi*_x) = sum_{(s,a), (s',b)} D(s,a) D(s',b) E_y l``, ``D = dbar_pi(s) pi(a|s)``.
 
     ``pi*_x`` is computed by soft value iteration in torch (iterated to ``gamma^k < 1e-15``) and
     differentiated by autograd; the data term ``z`` is held fixed. The reference that
@@ -527,14 +527,14 @@ class RLHFConfig:
 
     Attributes:
         arm: one of :data:`ARMS`.
-        fragment_length: ``L``.
+        fragment_length: ``|sigma|``.
         budget: total labelled comparisons (pairs), initial ones included.
         n_iter: iterations after the initial phase (each adds ``(budget - initial) / n_iter``
             pairs and trains the reward).
         initial_fraction: share of the budget labelled from the initial policy and pre-trained on
             (the authors' ``initial_comparisons``).
         capacity: FIFO size (pairs).
-        lr: step size per unit of fragment length (the step is ``lr / L``).
+        lr: step size per unit of fragment length (the step is ``lr / |sigma|``).
         reward_steps: gradient steps on ``x`` per iteration (10x in the initial phase).
         ridge: weight of ``(ridge/2) ||x||^2``.
         label_temperature: of the labeller (0: noiseless).
@@ -542,7 +542,7 @@ class RLHFConfig:
         delay: iterations after the initial phase with the hyper term off (their delay).
         hyper_scale: a factor on the hyper term (1: the exact coefficient ``1/tau``; smaller
             values are the control "is it only too large?").
-        optimizer: ``"gd"``, gradient descent with step ``lr / L``; or ``"adam"`` (the authors'
+        optimizer: ``"gd"``, gradient descent with step ``lr / |sigma|``; or ``"adam"`` (the authors'
             optimizer), Adam with step ``lr`` and default moments, its state kept across
             iterations (not for the ensemble arm).
         n_members: ensemble size (arm ``"ensemble"``); pool_factor: candidates per query.
@@ -803,7 +803,8 @@ def rlhf_run(cfg: RLHFConfig) -> dict:
 
 
 def run_path(out: Path, cfg: RLHFConfig) -> Path:
-    """``<out>/<arm>__L<L>__budget<N>__lr<lr>[__<other non-default settings>]__seed<s>.json``."""
+    """``<out>/<arm>__L<L>__budget<N>__lr<lr>[__<other non-default settings>]__seed<s>.json``
+    (``L<L>``: the fragment length, ``|sigma|`` in the book; ``budget<N>``: the comparisons)."""
     default = RLHFConfig()
     named = ("arm", "fragment_length", "budget", "lr", "seed")
     extra = "".join(

@@ -7,11 +7,11 @@ minibatch update (``ppo-nested`` stops after step 2, ``blpo-cg`` / ``blpo-nystro
     1. nesting:      repeat K times:  w <- Adam descent step on L(w)       (approximate best response)
     2. leader:       A_t(w) = GAE from V_w, differentiable in w;  J = PPO clipped surrogate with A(w)
                      g_theta = grad_theta J,   g_w = grad_w J
-    3. iHVP:         u ~ (grad^2_ww L + lambda I)^{-1} g_w                  (Nystrom rank k, or CG)
+    3. iHVP:         u ~ (grad^2_ww L + nu I)^{-1} g_w                      (Nystrom rank m, or CG)
     4. mixed term:   q_t = grad_w l_t . u = 2 (V_w(s_t) - G_t) (grad_w V_w(s_t) . u)
                      C_t = sum_{t' > t, same episode} q_t'
                      c   = grad_theta mean_t ratio_t(theta) C_t    (score function, importance ratio)
-    5. clipping:     c <- c * min(1, beta ||g_theta|| / ||c||)
+    5. clipping:     c <- c * min(1, cbar ||g_theta|| / ||c||)
     6. actor step:   theta <- Adam ascent step along g_theta - c
 
 Step 4 is the book's estimator (``cfg.mixed_term = "book"``, the default). ``"authors"`` is the one
@@ -86,13 +86,14 @@ def differentiable_gae(
 
 
 def clip_correction(
-    correction: torch.Tensor, direct: torch.Tensor, beta: float
+    correction: torch.Tensor, direct: torch.Tensor, cbar: float
 ) -> tuple[torch.Tensor, float]:
-    """Rescale ``correction`` so that ``||correction|| <= beta ||direct||`` (flat vectors).
+    """Rescale ``correction`` so that ``||correction|| <= cbar ||direct||`` (flat vectors; ``cbar``
+    is the book's bound c-bar, ``ACConfig.correction_bound``).
 
     Returns the clipped correction and the scale factor applied (1.0 when not clipped)."""
     c_norm = float(correction.norm())
-    bound = beta * float(direct.norm())
+    bound = cbar * float(direct.norm())
     if c_norm > bound:
         scale = bound / c_norm if c_norm > 0 else 0.0
         return correction * scale, scale
@@ -198,7 +199,7 @@ class BLPODirection:
 
     Attributes:
         g_theta: ``grad_theta J`` (flat). g_w: ``grad_w J`` (flat; ``None`` without correction).
-        u: the iHVP ``(grad^2_ww L + lambda I)^{-1} g_w`` (flat; ``None`` without correction).
+        u: the iHVP ``(grad^2_ww L + nu I)^{-1} g_w`` (flat; ``None`` without correction).
         correction_raw: the mixed term ``grad^2_{theta w} L u`` before clipping (flat or ``None``).
         correction: after clipping (flat or ``None``). scale: the clipping factor (1: unclipped).
         direction: ``g_theta - correction`` (flat), the ascent direction of the actor.
@@ -239,7 +240,7 @@ def blpo_direction(
         cfg: hyperparameters; ``cfg.algo`` chooses the iHVP (``ppo-nested``: no correction).
         solver: override of the iHVP: ``"nystrom"``, ``"cg"`` or ``"none"`` (for ablations).
         rank, damping: overrides of the Nystrom rank (or CG's iterations) / of the damping
-            ``lambda`` (of Nystrom or CG).
+            ``nu`` (of Nystrom or CG).
 
     Returns:
         :class:`BLPODirection`.
@@ -281,7 +282,7 @@ def blpo_direction(
         dV = torch.cat([-d_delta, cfg.gamma * (1.0 - mb["terminated"]) * d_delta])
         g_w = mlp_vjp(crit, dV.reshape(2 * n, 1))
 
-        # 3. iHVP u ~ (H + lambda I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
+        # 3. iHVP u ~ (H + nu I)^{-1} g_w, H the Hessian of the follower loss on this minibatch
         hessian = MSEHessian(critic.net, obs, returns, acts=crit.rows(n))
         if solver == "nystrom":
             u, n_hvp = _nystrom_ihvp(state, cfg, hessian, g_w, rank, damping)
@@ -349,11 +350,11 @@ def _nystrom_ihvp(
     rank: int | None,
     damping: float | None,
 ) -> tuple[torch.Tensor, int]:
-    """``u = (H_k + lambda I)^{-1} g_w``: the numbers of
+    """``u = (H_m + nu I)^{-1} g_w`` (rank ``m``): the numbers of
     :func:`~birl_lite.ihvp.ihvp_nystrom` (same index draw from ``state.gen``, same columns, same
     Woodbury solve), without its argument checks and its finiteness checks of ``g_w`` and of
     the columns, which cost as much as the solve on these sizes (the caller checks the final
-    direction once). Returns ``(u, k)``."""
+    direction once). Returns ``(u, m)``."""
     k = cfg.nystrom_rank if rank is None else rank
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= hessian.dim:
         raise ValueError(f"rank must be an integer in [1, {hessian.dim}], got {k!r}")

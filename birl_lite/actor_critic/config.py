@@ -197,11 +197,11 @@ class ACConfig:
         clip_vloss: PPO's value clipping (``ppo`` only): the critic loss is
             ``mean max((V - G)^2, (V_old + clip(V - V_old, -clip_coef, clip_coef) - G)^2)`` with
             ``V_old`` the rollout critic's values (CleanRL's and PureJaxRL's form).
-        nystrom_rank, nystrom_damping: rank ``k >= 1`` and damping ``lambda > 0`` of the Nystrom
+        nystrom_rank, nystrom_damping: rank ``m >= 1`` and damping ``nu > 0`` of the Nystrom
             iHVP.
-        cg_iters, cg_damping: iterations and damping ``lambda >= 0`` of the CG iHVP (``blpo-cg``).
-        correction_bound: ``beta``: the implicit correction is rescaled so that its norm is at
-            most ``beta * ||grad_theta J||``.
+        cg_iters, cg_damping: iterations and damping ``nu >= 0`` of the CG iHVP (``blpo-cg``).
+        correction_bound: ``cbar`` (the book's c-bar): the implicit correction is rescaled so that
+            its norm is at most ``cbar * ||grad_theta J||``.
         correction_control: ``"none"`` (the method), or ``"random"``: a control that replaces the
             (clipped) correction by a random vector of the same norm (``blpo-*`` only).
         ppo_critic_steps: critic steps per minibatch of ``ppo`` (with the rollout's advantages;

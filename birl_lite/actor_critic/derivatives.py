@@ -205,7 +205,7 @@ class MSEHessian:
     """The Hessian of ``L(w) = mean_i (y_i(w) - targets_i)^2`` for a one-output MLP (the
     follower loss of BLPO, ``y = V_w``), as an operator for the :mod:`birl_lite.ihvp` solvers:
     ``H(v)`` for a flat ``v [P]`` and the batched ``H.matmat(X)`` for ``X [P, B]`` (one pass for
-    all ``B`` columns, which :func:`~birl_lite.ihvp.ihvp_nystrom` uses for its ``k`` columns).
+    all ``B`` columns, which :func:`~birl_lite.ihvp.ihvp_nystrom` uses for its ``m`` columns).
 
     ``H v`` is Pearlmutter's R-operator applied to :func:`mlp_vjp` with the cotangent
     ``e = 2 (y - targets) / n``: the directional derivative along ``v`` of every quantity of
