@@ -487,3 +487,30 @@ def test_command_trains_runs_in_parallel_on_ray(tmp_path):
     for key in ("true_return", "heldout_accuracy", "onpolicy_accuracy", "temperature"):
         assert a["curve"][key] == b["curve"][key]
     assert not list(par.glob("*.lock"))
+
+
+def test_image_observations_get_cnns_and_arm_a_runs_on_minatar_breakout(tmp_path):
+    """MinAtar Breakout ((10, 10, 4) booleans): every network starts with the CNN (selected by
+    the observation shape), and a few hundred steps of arm A write a valid results file."""
+    pytest.importorskip("minatar")
+    from birl_lite.rlhf.sac import ImageEncoder, TwinNet
+
+    env = make_env("MinAtar/Breakout-v1")
+    enc = ObsEncoder(env.observation_space)
+    assert enc.shape == (10, 10, 4) and enc.dim == 400
+    agent = DiscreteSAC(env, env_reward, SACConfig(learning_starts=50, batch_size=8), seed=0)
+    assert isinstance(agent.q, TwinNet) and isinstance(agent.actor[0], ImageEncoder)
+    agent.train(80)
+    assert agent.q(torch.zeros(3, 400)).shape == (2, 3, 3)
+    net = RewardNet(400, 3, (16,), obs_shape=enc.shape)
+    assert isinstance(net.body[0], ImageEncoder) and net(torch.zeros(5, 400)).shape == (5, 3)
+    critic = ContinuationCritic(400, 3, 17, (16,), obs_shape=enc.shape)
+    assert critic(torch.zeros(2, 400)).shape == (2, 3, 3, 17)
+    args = ["--envs", "MinAtar/Breakout-v1", "--arms", "loss", "--steps", "200", "--alternate",
+            "100", "--budget", "12", "--initial-comparisons", "4", "--fragment-length", "5",
+            "--n-heldout", "20", "--learning-starts", "100", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args)["run"] == 1
+    (path,) = tmp_path.glob("MinAtar-Breakout-v1__loss__*.json")
+    rec = json.loads(path.read_text())
+    assert rec["complete"] and rec["curve"]["agent_steps"] == [200, 300, 300]
+    assert all(0 <= a <= 1 for a in rec["curve"]["heldout_accuracy"])

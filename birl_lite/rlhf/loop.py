@@ -207,7 +207,7 @@ def make_env(env_id: str, seed: int = 0) -> gym.Env:
     """``gym.make(env_id)`` with clear errors: unknown id, non-Discrete actions (``ValueError``).
 
     ``MinAtar/...`` ids register MinAtar's environments first."""
-    if env_id.startswith("MinAtar/"):
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         import minatar.gym
 
         minatar.gym.register_envs()
@@ -339,7 +339,10 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     held = None if baseline else _heldout(cfg, encoder)
     ensemble = cfg.arm == "ensemble"
     torch.manual_seed(cfg.seed + 20_000)
-    members = [RewardNet(d, A, cfg.reward_hidden) for _ in range(cfg.n_members if ensemble else 1)]
+    members = [
+        RewardNet(d, A, cfg.reward_hidden, obs_shape=encoder.shape)
+        for _ in range(cfg.n_members if ensemble else 1)
+    ]
     reward = _MeanReward(members) if ensemble else members[0]
     opts = [torch.optim.AdamW(m.parameters(), lr=cfg.reward_lr) for m in members]
 
@@ -353,7 +356,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     if cfg.arm in ("full", "flipped"):
         torch.manual_seed(cfg.seed + 30_000)
         k = members[0].feat_dim + 1
-        critic = ContinuationCritic(d, A, k, cfg.sac.hidden, cfg.sac.gamma, lr=1e-3, polyak=0.02)
+        critic = ContinuationCritic(d, A, k, cfg.sac.hidden, cfg.sac.gamma, lr=1e-3, polyak=0.02,
+                                    obs_shape=encoder.shape)  # fmt: skip
 
         def train_critic(b: Batch) -> None:
             if agent.stats.n_updates % cfg.critic_every:

@@ -43,7 +43,7 @@ from torch import nn
 
 from .._validation import check_positive_int, check_real
 from ..preference import bradley_terry_loss
-from .sac import Episode, mlp
+from .sac import Episode, ImageEncoder, is_image, make_net, mlp
 
 __all__ = [
     "RewardNet",
@@ -68,16 +68,25 @@ class RewardNet(nn.Module):
 
     ``body`` computes the features ``h(s)`` (the identity when ``hidden=()``: a linear reward, a
     table on one-hot states), ``head`` is the linear output layer ``[A, h]`` (+ bias ``[A]``).
+    With ``obs_shape`` of an image ``(H, W, C)`` (observations stored flat), the body starts with
+    :class:`~birl_lite.rlhf.sac.ImageEncoder`.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, ...] = (64, 64),
-                 bias: bool = True) -> None:  # fmt: skip
+                 bias: bool = True, obs_shape: tuple[int, ...] | None = None) -> None:  # fmt: skip
         super().__init__()
         obs_dim = check_positive_int(obs_dim, "obs_dim")
         self.n_actions = check_positive_int(n_actions, "n_actions")
-        body = mlp(obs_dim, tuple(hidden), 1)[:-1] if hidden else nn.Identity()
-        self.body = body
-        self.feat_dim = int(hidden[-1]) if hidden else obs_dim
+        if obs_shape is not None and is_image(tuple(obs_shape)):
+            if int(np.prod(obs_shape)) != obs_dim:
+                raise ValueError(f"obs_shape {obs_shape} does not hold obs_dim={obs_dim} values")
+            enc = ImageEncoder(tuple(obs_shape))
+            layers = mlp(enc.out_dim, tuple(hidden), 1)[:-1] if hidden else []
+            self.body = nn.Sequential(enc, *layers)
+            self.feat_dim = int(hidden[-1]) if hidden else enc.out_dim
+        else:
+            self.body = mlp(obs_dim, tuple(hidden), 1)[:-1] if hidden else nn.Identity()
+            self.feat_dim = int(hidden[-1]) if hidden else obs_dim
         self.head = nn.Linear(self.feat_dim, self.n_actions, bias=bias)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -445,24 +454,24 @@ class ContinuationCritic(nn.Module):
     of the continuation, ``phi(s, a) = e_a (x) [h(s); 1]`` the reward head's features
     (:meth:`RewardNet.head_features`): ``grad_{(w,b)} Q*_x(s, a) = phi(s, a) + psi(s, a)``.
 
-    An MLP ``obs [B, d] -> [B, A, A, h+1]`` (action taken, reward action, feature), trained by TD
-    on the agent's replay batches: the target is
+    An MLP (a CNN first for image ``obs_shape``) ``obs [B, d] -> [B, A, A, h+1]`` (action taken,
+    reward action, feature), trained by TD on the agent's replay batches: the target is
     ``gamma (1 - terminated) sum_b pi(b|s') (e_b (x) [h(s'); 1] + psi'(s', b))`` with a Polyak
     target network ``psi'`` (the same recursion as the soft critic, on vectors).
     """
 
     def __init__(self, obs_dim: int, n_actions: int, feat_dim: int, hidden: tuple[int, ...] = (64, 64),
-                 gamma: float = 0.99, lr: float = 1e-3, polyak: float = 0.01) -> None:  # fmt: skip
+                 gamma: float = 0.99, lr: float = 1e-3, polyak: float = 0.01,
+                 obs_shape: tuple[int, ...] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.A, self.k = (
             check_positive_int(n_actions, "n_actions"),
             check_positive_int(feat_dim, "feat_dim"),
         )
         self.gamma, self.polyak = check_real(gamma, "gamma"), check_real(polyak, "polyak")
-        self.net = mlp(
-            check_positive_int(obs_dim, "obs_dim"), tuple(hidden), self.A * self.A * self.k
-        )
-        self.target = mlp(obs_dim, tuple(hidden), self.A * self.A * self.k)
+        shape = (check_positive_int(obs_dim, "obs_dim"),) if obs_shape is None else obs_shape
+        self.net = make_net(shape, tuple(hidden), self.A * self.A * self.k)
+        self.target = make_net(shape, tuple(hidden), self.A * self.A * self.k)
         self.target.load_state_dict(self.net.state_dict())
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
 

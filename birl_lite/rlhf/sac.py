@@ -15,6 +15,10 @@ minimizes ``E_s sum_a pi(a|s) (tau log pi(a|s) - min_k Q_k(s, a))`` (its minimiz
 environment's own reward through (the "true reward" baseline and the learning test).
 
 Observations: ``Box`` (flattened to float32) or ``Discrete`` (one-hot); actions: ``Discrete``.
+Image observations (a ``Box`` of shape ``(H, W, C)``, as MinAtar's ``(10, 10, 4)``) are stored
+flat as well; every network of the package reads them through a small CNN (:class:`ImageEncoder`,
+MinAtar's: one 3x3 convolution, 16 channels), selected by the observation shape
+(:func:`make_net`); vector observations get the plain MLPs.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ __all__ = [
     "env_reward",
     "ObsEncoder",
     "mlp",
+    "ImageEncoder",
+    "make_net",
     "TwinMLP",
+    "TwinNet",
     "ReplayBuffer",
     "DiscreteSAC",
 ]
@@ -149,13 +156,20 @@ class ObsEncoder:
 
     Args:
         space: the environment's observation space. Raises ``TypeError`` for any other space.
+
+    Attributes:
+        dim: the length of the encoded vector.
+        shape: the observation's shape before flattening (``(dim,)`` for one-hot); a shape
+            ``(H, W, C)`` makes the networks convolutional (:func:`make_net`).
     """
 
     def __init__(self, space: gym.Space) -> None:
         if isinstance(space, gym.spaces.Discrete):
             self.dim, self._n = int(space.n), int(space.n)
+            self.shape: tuple[int, ...] = (self.dim,)
         elif isinstance(space, gym.spaces.Box):
             self.dim, self._n = int(np.prod(space.shape)), None
+            self.shape = tuple(int(k) for k in space.shape)
         else:
             raise TypeError(
                 f"observation space must be Box or Discrete, got {type(space).__name__}"
@@ -177,6 +191,65 @@ def mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
         layers += [nn.Linear(n_in, h), nn.ReLU()]
         n_in = h
     return nn.Sequential(*layers, nn.Linear(n_in, n_out))
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN for image observations stored flat: ``[B, H*W*C]`` (channels last, as
+    MinAtar's ``(10, 10, 4)``) to features ``[B, out_dim]``: ``Conv2d(C, channels, 3)``, ReLU,
+    flatten (MinAtar's baseline network without its linear layer)."""
+
+    def __init__(self, shape: tuple[int, int, int], channels: int = 16) -> None:
+        super().__init__()
+        H, W, C = (check_positive_int(k, "shape") for k in shape)
+        if H < 3 or W < 3:
+            raise ValueError(f"image observations need H, W >= 3, got shape {shape}")
+        self.shape = (H, W, C)
+        self.conv = nn.Conv2d(C, check_positive_int(channels, "channels"), 3)
+        # channels-last weights: the permuted input already has that layout (2x faster on a CPU)
+        self.conv.to(memory_format=torch.channels_last)
+        self.out_dim = channels * (H - 2) * (W - 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H*W*C]`` to ``[B, out_dim]``."""
+        img = x.reshape(-1, *self.shape).permute(0, 3, 1, 2)
+        return torch.relu(self.conv(img)).flatten(1)
+
+
+def is_image(shape: tuple[int, ...]) -> bool:
+    """Whether observations of ``shape`` are images (``(H, W, C)``, read by a CNN)."""
+    return len(shape) == 3
+
+
+def make_net(shape: tuple[int, ...], hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
+    """The network for observations of ``shape`` (flattened to ``prod(shape)`` inputs): an
+    :func:`mlp` for vectors; :class:`ImageEncoder` then the MLP for images ``(H, W, C)``."""
+    if not is_image(tuple(shape)):
+        return mlp(int(np.prod(shape)), tuple(hidden), n_out)
+    enc = ImageEncoder(tuple(shape))
+    return nn.Sequential(enc, *mlp(enc.out_dim, tuple(hidden), n_out))
+
+
+class TwinNet(nn.Module):
+    """Two independent networks evaluated as one module, ``forward(x) -> [2, B, n_out]`` (the
+    twin soft Q-networks for image observations; :class:`TwinMLP` fuses the vector case)."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        if len(nets) != 2:
+            raise ValueError(f"TwinNet needs two networks, got {len(nets)}")
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Both networks: ``x [B, d]`` to ``[2, B, out]``."""
+        return torch.stack([net(x) for net in self.nets])
+
+
+def twin_net(shape: tuple[int, ...], hidden: tuple[int, ...], n_out: int) -> nn.Module:
+    """Twin Q-networks for observations of ``shape``: :class:`TwinMLP` for vectors,
+    :class:`TwinNet` of two :func:`make_net` for images."""
+    if not is_image(tuple(shape)):
+        return TwinMLP(int(np.prod(shape)), tuple(hidden), n_out)
+    return TwinNet([make_net(shape, hidden, n_out) for _ in range(2)])
 
 
 class TwinMLP(nn.Module):
@@ -259,7 +332,8 @@ class DiscreteSAC:
         cfg: :class:`SACConfig`. seed: seeds the networks, the actions, the replay sampling and
             the environment (same seed, same numbers on CPU).
 
-    Attributes: ``q, q_target`` (:class:`TwinMLP`: the twin soft Q-networks, ``q(obs)[k]``),
+    Attributes: ``q, q_target`` (:class:`TwinMLP`, :class:`TwinNet` for images: the twin soft
+    Q-networks, ``q(obs)[k]``),
     ``actor``, ``encoder``,
     ``buffer``, ``stats`` (steps, updates, finished episodes' true returns and lengths),
     ``finished`` (the :class:`Episode` records since the last :meth:`drain_episodes`).
@@ -286,11 +360,12 @@ class DiscreteSAC:
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng([seed, 2])
         d, A = self.encoder.dim, self.n_actions
-        self.q = TwinMLP(d, cfg.hidden, A)  # the twin soft Q-networks, [2, B, A]
-        self.q_target = TwinMLP(d, cfg.hidden, A)
+        shape = self.encoder.shape
+        self.q = twin_net(shape, cfg.hidden, A)  # the twin soft Q-networks, [2, B, A]
+        self.q_target = twin_net(shape, cfg.hidden, A)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
-        self.actor = mlp(d, cfg.hidden, A)
+        self.actor = make_net(shape, cfg.hidden, A)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.q_lr, eps=1e-4, foreach=True)
         self.actor_opt = torch.optim.Adam(
             self.actor.parameters(), lr=cfg.policy_lr, eps=1e-4, foreach=True
