@@ -449,23 +449,23 @@ def test_command_settings_by_key(tmp_path):
         main([*args[:-3], "--set", "no_such_key=1", "--out", str(tmp_path)])
 
 
-def test_absorbing_is_the_default_and_files_without_it_count_as_the_old_behaviour(tmp_path):
-    assert RLHFConfig().absorbing is True
-    assert RLHFConfig(arm="true").absorbing is False  # no fragments: one name for the baseline
-    new, old = RLHFConfig(**TINY), RLHFConfig(**TINY, absorbing=False)
+def test_absorbing_runs_are_named_and_files_without_the_field_count_as_without_it(tmp_path):
+    assert RLHFConfig().absorbing is False
+    assert RLHFConfig(arm="true", absorbing=True).absorbing is False  # the baseline: no fragments
+    new, old = RLHFConfig(**TINY, absorbing=True), RLHFConfig(**TINY)
     assert "__absorbing=True" in run_path(tmp_path, new).name
     assert "absorbing" not in run_path(tmp_path, old).name  # the first results keep their names
     args = ["--arms", "loss", "--steps", "200", "--alternate", "100", "--budget", "12",
             "--initial-comparisons", "4", "--fragment-length", "5", "--terminal-penalty", "10",
             "--n-heldout", "20", "--learning-starts", "100", "--out", str(tmp_path), "--quiet"]  # fmt: skip
-    assert main([*args, "--set", "absorbing=false"])["run"] == 1
+    assert main(args)["run"] == 1
     (path,) = tmp_path.glob("*.json")
     rec = json.loads(path.read_text())
     assert "heldout_accuracy_inside" not in rec["curve"]
     del rec["config"]["absorbing"]  # as written before the field existed
     path.write_text(json.dumps(rec))
-    assert main([*args, "--set", "absorbing=false"])["skipped"] == 1
-    assert main(args[:-1])["run"] == 1  # the default: another run, another file (with bars)
+    assert main(args)["skipped"] == 1
+    assert main([*args[:-1], "--set", "absorbing=true"])["run"] == 1  # another file (with bars)
     (padded,) = (json.loads(p.read_text()) for p in tmp_path.glob("*__absorbing=True__*.json"))
     assert len(padded["curve"]["heldout_accuracy_inside"]) == 3
 

@@ -116,7 +116,10 @@ class RLHFConfig:
         absorbing: fragments may run into termination, padded with the absorbing state whose
             reward is fixed at 0 (:func:`~birl_lite.rlhf.reward_model.sample_fragments`): this
             identifies the reward's offset, which equal-length windows inside episodes cannot.
-            ``False`` is the first results' behaviour (a results file without the field); the
+            Not the default: on LunarLander-v3 (arm A, 150k steps, seeds 0-2) it reached mean
+            true returns 125, -25, -31 against 122, -3, 121 without it (two seeds hovered until
+            truncation; a likely cause, not tested: the early episodes end in crashes, so a
+            per-step bonus for staying alive fits those labels as well as a crash penalty). The
             baseline arm has no fragments and always records ``False``.
         reward_hidden, reward_lr, reward_batch: the reward net and its Adam(W) optimizer.
         reward_epochs: passes over the FIFO per iteration; initial_epochs: on the initial data.
@@ -145,7 +148,7 @@ class RLHFConfig:
     capacity: int = 3_000
     label_temperature: float = 1.0
     terminal_penalty: float = 0.0
-    absorbing: bool = True
+    absorbing: bool = False
     reward_hidden: tuple[int, ...] = (64, 64)
     reward_lr: float = 1e-3
     reward_batch: int = 64
