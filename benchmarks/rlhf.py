@@ -25,6 +25,17 @@ Measured (--quick, busy 2-core machine, 2 repeats): ours 2.76 ms per step, the r
 1.30x arm A (above the issue's 1.2x at this short length, where C's continuation critic and
 score steps weigh most; noisy).
 
+Arm C's overhead was then profiled (cProfile, the --quick settings): the continuation critic's
+TD step cost ~6.3 ms, about one whole SAC update, every 4 updates, most of it the output layer
+(``A x A x (h+1) = 1,040`` outputs for LunarLander); the surrogate and the score steps ~0.1 s per
+run at this length (more in long runs, where the FIFO and the fresh pairs grow). Two changes that
+keep the estimator: the TD step computes ``psi`` for the taken actions only (the other outputs got
+no gradient; ~4 ms per step after), and score steps shared by several pairs (pairs cut from one
+episode share its prefix) are evaluated once (``ScoreSteps.index``). Measured after (same
+machine, as busy): --quick 1.12x and 1.31x arm A in two runs (2 repeats: noise of +-0.1), the
+full setting (6,000 learning steps, 3 repeats) 1.16x (RESULT ours_over_reference_cpu=0.77
+armC_over_armA_cpu=1.16 armA_over_sac_cpu=1.17).
+
 Run:  python benchmarks/rlhf.py [--quick]      (--quick: fewer steps and repeats, < 60 s)
 Ends with a ``RESULT`` line.
 """

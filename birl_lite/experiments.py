@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,10 @@ from .plotting import confidence_band
 __all__ = [
     "CurveBand",
     "config_difference",
+    "is_finished_file",
     "parse_seeds",
     "run_claimed_file",
+    "run_on_ray",
     "PairedRow",
     "Run",
     "curve_auc",
@@ -446,7 +448,7 @@ _RAY_TOKEN: str | None = None
 
 
 def run_on_ray(func: Callable[[Any], Any], items: Sequence[Any], workers: int,
-               address: str | None = None):  # fmt: skip
+               address: str | None = None) -> Iterator[Any]:  # fmt: skip
     """Yield ``func(item)`` for every item, in the order Ray finishes them, one CPU each: the
     parallel executor of every results command (this module's and ``python -m birl_lite.rlhf``).
 

@@ -514,3 +514,47 @@ def test_image_observations_get_cnns_and_arm_a_runs_on_minatar_breakout(tmp_path
     rec = json.loads(path.read_text())
     assert rec["complete"] and rec["curve"]["agent_steps"] == [200, 300, 300]
     assert all(0 <= a <= 1 for a in rec["curve"]["heldout_accuracy"])
+
+
+def test_continuation_critic_step_equals_the_regression_on_the_full_output():
+    """The TD step computes psi only for the taken actions; the step is the one of the plain
+    regression on ``critic(obs)[range(B), actions]`` (all outputs computed, then gathered)."""
+    torch.manual_seed(0)
+    A, k, B = 3, 5, 32
+    critic = ContinuationCritic(4, A, k, hidden=(16,), lr=1e-2)
+    ref = ContinuationCritic(4, A, k, hidden=(16,), lr=1e-2)
+    ref.load_state_dict(critic.state_dict())
+    obs, nxt = torch.randn(B, 4), torch.randn(B, 4)
+    act = torch.randint(A, (B,))
+    term = (torch.rand(B) < 0.2).float()
+    probs = torch.softmax(torch.randn(B, A), 1)
+    feats = torch.randn(B, k)
+    loss = critic.update(obs, act, nxt, term, probs, feats)
+    with torch.no_grad():
+        t = ref.target(nxt).reshape(-1, A, A, k)
+        y = probs[:, :, None] * feats[:, None, :] + torch.einsum("nb,nbkh->nkh", probs, t)
+        y = ref.gamma * (1.0 - term)[:, None, None] * y
+    ref_loss = torch.nn.functional.mse_loss(ref(obs)[torch.arange(B), act], y)
+    ref.opt.zero_grad()
+    ref_loss.backward()
+    ref.opt.step()
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    for p, q in zip(critic.net.parameters(), ref.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_score_steps_shared_by_pairs_are_evaluated_once_and_counted_for_each():
+    ep = _episode(12, False)
+    f = sample_fragments([ep], 6, 4, np.random.default_rng(0))  # every pair shares the prefix
+    g = sample_fragments([ep], 6, 4, np.random.default_rng(1))
+    net = RewardNet(3, 2, hidden=(8,))
+    pi = torch.tensor([0.3, 0.7])
+    steps = score_steps([ep], f, g, lambda o: pi.expand(len(o), 2), None, np.random.default_rng(2))
+    assert len(steps.obs) <= 12 < len(steps.index)  # distinct steps vs (pair, step) entries
+    losses = torch.rand(6)
+    got = full_surrogate(net, steps, losses, 2.0)
+    with torch.no_grad():
+        r = net(torch.from_numpy(ep.obs))
+        c = r.gather(1, torch.from_numpy(ep.actions)[:, None])[:, 0] - (r * pi).sum(1)
+        ref = [c[: f.start[i] + 4].sum() + c[: g.start[i] + 4].sum() for i in range(6)]
+    assert float(got) == pytest.approx(float(2.0 * (losses * torch.stack(ref)).mean()), rel=1e-5)

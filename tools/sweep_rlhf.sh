@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Chapter 10's experiment: neural RLHF on LunarLander-v3 (birl_lite.rlhf, issue 16), the
-# true-reward baseline (arm "true": the same discrete SAC on the environment's reward) and the
-# arms A-E (loss truncated full flipped ensemble), 10 seeds each, 150k agent steps after 5k
-# random ones, 2,000 comparisons (200 initial), fragments of 25 steps, the agent's defaults of
-# birl_lite.rlhf.loop (_default_sac: the configuration tuned on the true reward).
-# Resumable: rerun to continue; finished runs are skipped (one JSON file per run in the folder).
-#   bash tools/sweep_rlhf.sh
-# Estimated cost: measured 480-750 s of wall time per run (true 632 s; arm A 478 and 754 s) on the
-# busy 2-core machine, one process (~2.5-4.5 ms per agent step; arms C/D ~1.2-1.3x arm A), so the
-# 60 runs take ~10-12 h of wall time one at a time, ~6 h with two in parallel on an idle machine:
-# `bash tools/sweep_rlhf.sh --seeds 0-4` and `... --seeds 5-9` in two shells (a later --seeds
-# replaces the one below; runs in progress are locked, so overlapping plans are safe).
+# Chapter 10's experiment: neural RLHF (birl_lite.rlhf, issue 16): the true-reward baseline (arm
+# "true": the same discrete SAC on the environment's reward) and the arms A-E (loss truncated full
+# flipped ensemble) on
+#   * LunarLander-v3, 10 seeds: 150k agent steps after 5k random ones, 2,000 comparisons (200
+#     initial), fragments of 25 steps, the agent's defaults of birl_lite.rlhf.loop (_default_sac,
+#     tuned on the true reward); fragments inside episodes (absorbing=False, the default: padding
+#     fragments with the absorbing state was measured worse on arm A, see RLHFConfig.absorbing);
+#   * MinAtar/Breakout-v1, 5 seeds: the same settings (not tuned for MinAtar: the LunarLander
+#     agent with the CNN of birl_lite.rlhf.sac.ImageEncoder), 100k agent steps, and absorbing
+#     fragments: random Breakout episodes last ~10 steps (losing the ball ends them), so windows of
+#     25 steps inside episodes would come from the rare long ones only.
+# Resumable: rerun to continue; finished runs are skipped (one JSON file per run in the folder);
+# runs in progress elsewhere are locked, so two commands may share the folder.
+#   bash tools/sweep_rlhf.sh                  (WORKERS=2 runs in parallel on a local Ray instance)
+#   WORKERS=1 bash tools/sweep_rlhf.sh --seeds 0-4   (a later --seeds replaces the ones below)
+# Measured cost, one run a core on the busy 2-core machine: LunarLander 480-1340 s per run (true
+# 316-632 s; arm A 323-1340 s; arms C/D ~1.1-1.3x arm A), so its 60 runs take ~10-12 h one at a
+# time, ~6 h with two workers on an idle machine; MinAtar Breakout 31-41 agent steps/s on that
+# machine (45-54 ms per SAC update with the CNN), ~40-55 min per 100k-step run, 30 runs ~10 h with
+# two workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=results/rlhf
-COMMON=(--envs LunarLander-v3 --steps 150000 --alternate 5000 --budget 2000
-        --initial-comparisons 200 --fragment-length 25 --out "$OUT" "$@")
+WORKERS=${WORKERS:-2}
+COMMON=(--alternate 5000 --budget 2000 --initial-comparisons 200 --fragment-length 25
+        --workers "$WORKERS" --no-progress --out "$OUT")
+LUNAR=(--envs LunarLander-v3 --steps 150000 --seeds 0-9 "${COMMON[@]}")
+MINATAR=(--envs MinAtar/Breakout-v1 --steps 100000 --seeds 0-4 --set absorbing=true "${COMMON[@]}")
 # the true-reward baseline and the standard RLHF loop first (the issue's "arm A learns" target)
-"$PY" -m birl_lite.rlhf --arms true loss --seeds 0-9 "${COMMON[@]}"
+"$PY" -m birl_lite.rlhf --arms true loss "${LUNAR[@]}" "$@"
 # the hyper-term arms and the exploration control
-"$PY" -m birl_lite.rlhf --arms truncated full flipped ensemble --seeds 0-9 "${COMMON[@]}"
+"$PY" -m birl_lite.rlhf --arms truncated full flipped ensemble "${LUNAR[@]}" "$@"
+# MinAtar Breakout, all arms
+"$PY" -m birl_lite.rlhf --arms true loss truncated full flipped ensemble "${MINATAR[@]}" "$@"

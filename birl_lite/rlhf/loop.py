@@ -30,10 +30,11 @@ clamp to 1 would remove it; the learned reward inherits the true reward's units 
 temperature is 1, so the same scale serves both).
 
 Command (one JSON file per env, arm, settings and seed, written atomically; resumable; a
-finished file with another configuration is an error; a run in progress elsewhere is locked)::
-
-    python -m birl_lite.rlhf --envs LunarLander-v3 --arms loss truncated full flipped ensemble \\
-        --seeds 0-9 --steps 100000 --out results/rlhf
+finished file with another configuration is an error; a run in progress elsewhere is locked;
+progress bars over runs and, one run at a time, over its iterations; ``--workers N`` trains ``N``
+runs in parallel on a local Ray instance, ``--address`` joins a Ray cluster, as
+``python -m birl_lite.experiments`` does through :func:`birl_lite.experiments.run_on_ray`).
+The commands of the committed results and of the sweep: :mod:`birl_lite.rlhf`.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ from .sac import Batch, DiscreteSAC, Episode, ObsEncoder, SACConfig, env_reward
 __all__ = [
     "ARMS",
     "BASELINE",
+    "LEGACY",
     "RLHFConfig",
     "make_env",
     "query_schedule",
     "rlhf_run",
+    "reference_config",
     "run_path",
     "main",
 ]
@@ -278,20 +281,23 @@ def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> list[tuple]:
 
 
 @torch.no_grad()
-def greedy_return(agent: DiscreteSAC, env: gym.Env, n: int, seed: int) -> float | None:
+def greedy_return(agent: DiscreteSAC, env: gym.Env, n: int, seed: int,
+                  max_steps: int = 10_000) -> float | None:  # fmt: skip
     """Mean true return of ``n`` episodes of the greedy policy ``argmax_a pi(a|s)`` on ``env``
-    (resets seeded ``seed, seed + 1, ...``); ``None`` when ``n = 0``."""
+    (resets seeded ``seed, seed + 1, ...``; an episode is cut after ``max_steps`` steps, for
+    envs without a time limit such as MinAtar's); ``None`` when ``n = 0``."""
     if n == 0:
         return None
     total = 0.0
     for k in range(n):
         raw, _ = env.reset(seed=seed + k)
-        done = False
+        done, t = False, 0
         while not done:
             obs = torch.from_numpy(agent.encoder(raw))[None]
             raw, r, term, trunc, _ = env.step(int(agent.actor(obs).argmax()))
             total += float(r)
-            done = term or trunc
+            t += 1
+            done = term or trunc or t >= max_steps
     return total / n
 
 
@@ -471,9 +477,9 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-#: Settings that reproduce the behaviour from before a field existed: a results file written
-#: without the field was run with this value (``absorbing``: fragments inside episodes), even
-#: where the field's default is now another.
+#: The values that reproduce the behaviour from before a field existed. A results file written
+#: without the field was run with this value (``absorbing`` False, fragments inside episodes),
+#: whatever the field's default.
 LEGACY = {"absorbing": False}
 
 

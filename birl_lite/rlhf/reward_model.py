@@ -354,12 +354,17 @@ class ScoreSteps:
     """The steps of fresh pairs that their probability depends on (prefix and window of both
     fragments), flattened, with what arm C needs precomputed under the current policy.
 
+    A step shared by several pairs (pairs cut from one episode share its prefix) is stored and
+    evaluated once: ``obs``, ``actions``, ``probs`` hold the ``U`` distinct steps, ``index`` maps
+    each of the ``N`` (pair, step) entries to its step.
+
     Attributes:
-        obs: the observations ``[N, d]``.
-        actions: the actions ``[N]``.
-        pair: the pair of each step ``[N]``, in ``0..m-1``.
+        obs: the observations of the distinct steps ``[U, d]``.
+        actions: their actions ``[U]``.
+        index: the distinct step of each entry ``[N]``, in ``0..U-1``.
+        pair: the pair of each entry ``[N]``, in ``0..m-1``.
         weight: ``[N]``, ``n_i / k_i`` when only ``k_i`` of a pair's ``n_i`` steps are kept.
-        probs: ``pi(.|s_t)`` ``[N, A]``.
+        probs: ``pi(.|s_t)`` of the distinct steps ``[U, A]``.
         cont: per pair ``[m, A, h+1]``, ``sum_t w_t (psi(s_t, a_t) - E_pi psi(s_t, .))``, the
             output layer's continuation, held fixed.
         n_pairs: ``m``.
@@ -367,6 +372,7 @@ class ScoreSteps:
 
     obs: torch.Tensor
     actions: torch.Tensor
+    index: torch.Tensor
     pair: torch.Tensor
     weight: torch.Tensor
     probs: torch.Tensor
@@ -397,28 +403,36 @@ def score_steps(
             ``n_i / k_i`` keep the sum unbiased.
         max_steps: the most steps kept per pair.
     """
-    obs, act, pair, wt = [], [], [], []
+    offset = np.concatenate([[0], np.cumsum([len(ep) for ep in episodes])])
+    obs, act, key, pair, wt = [], [], [], [], []
     for i in range(len(f1)):
-        o = [episodes[f.episode[i]].obs[: f.start[i] + f.obs.shape[1]] for f in (f1, f2)]
-        a = [episodes[f.episode[i]].actions[: f.start[i] + f.obs.shape[1]] for f in (f1, f2)]
-        o, a = np.concatenate(o), np.concatenate(a)
+        ends = [(f.episode[i], f.start[i] + f.obs.shape[1]) for f in (f1, f2)]
+        o = np.concatenate([episodes[e].obs[:end] for e, end in ends])
+        a = np.concatenate([episodes[e].actions[:end] for e, end in ends])
+        k = np.concatenate([offset[e] + np.arange(min(end, len(episodes[e]))) for e, end in ends])
         n = len(a)
         keep = rng.choice(n, size=max_steps, replace=False) if n > max_steps else np.arange(n)
         obs.append(o[keep])
         act.append(a[keep])
+        key.append(k[keep])
         pair.append(np.full(len(keep), i))
         wt.append(np.full(len(keep), n / len(keep), np.float32))
-    obs_t, act_t = torch.from_numpy(np.concatenate(obs)), torch.from_numpy(np.concatenate(act))
+    _, first, index = np.unique(np.concatenate(key), return_index=True, return_inverse=True)
+    obs_t = torch.from_numpy(np.concatenate(obs)[first])
+    act_t = torch.from_numpy(np.concatenate(act)[first])
+    index_t = torch.from_numpy(index.reshape(-1))
     pair_t, w_t = torch.from_numpy(np.concatenate(pair)), torch.from_numpy(np.concatenate(wt))
     probs = policy(obs_t)
     m = len(f1)
     if critic is None:
         cont = torch.zeros(m, 1, 1)
     else:
-        psi = critic(obs_t)  # [N, A, A, h+1]
+        psi = critic(obs_t)  # [U, A, A, h+1]
         diff = psi[torch.arange(len(act_t)), act_t] - torch.einsum("na,nakh->nkh", probs, psi)
-        cont = torch.zeros(m, *diff.shape[1:]).index_add_(0, pair_t, w_t[:, None, None] * diff)
-    return ScoreSteps(obs_t, act_t, pair_t, w_t, probs, cont, m)
+        cont = torch.zeros(m, *diff.shape[1:]).index_add_(
+            0, pair_t, w_t[:, None, None] * diff[index_t]
+        )
+    return ScoreSteps(obs_t, act_t, index_t, pair_t, w_t, probs, cont, m)
 
 
 def full_surrogate(net: RewardNet, steps: ScoreSteps, losses: torch.Tensor,
@@ -437,8 +451,8 @@ def full_surrogate(net: RewardNet, steps: ScoreSteps, losses: torch.Tensor,
         hidden layers.
     """
     loss_i = losses.detach()
-    c = _centred_reward(net, steps.obs, steps.actions, steps.probs)
-    per_pair = torch.zeros(steps.n_pairs).index_add(0, steps.pair, steps.weight * c)
+    c = _centred_reward(net, steps.obs, steps.actions, steps.probs)  # once per distinct step
+    per_pair = torch.zeros(steps.n_pairs).index_add(0, steps.pair, steps.weight * c[steps.index])
     if steps.cont.shape[1] > 1:
         head = (
             net.head.weight
@@ -489,12 +503,27 @@ class ContinuationCritic(nn.Module):
             y = next_probs[:, :, None] * next_features[:, None, :]  # E_b e_b (x) phi
             y = y + torch.einsum("nb,nbkh->nkh", next_probs, nxt)
             y = self.gamma * (1.0 - terminated)[:, None, None] * y
-        pred = self(obs)[torch.arange(len(actions)), actions.long()]
-        loss = torch.nn.functional.mse_loss(pred, y)
+        # psi(s, a) of the taken actions only: the output layer's rows of each action, applied
+        # to the transitions that took it (the other actions' outputs would get no gradient;
+        # this skips computing them, 1/A of the output layer's cost)
+        h = self.net[:-1](obs)
+        out = self.net[-1]
+        w = out.weight.reshape(self.A, self.A * self.k, -1)
+        b = out.bias.reshape(self.A, self.A * self.k)
+        actions = actions.long()
+        rows, preds = [], []
+        for a in range(self.A):
+            idx = (actions == a).nonzero(as_tuple=True)[0]
+            if len(idx):
+                rows.append(idx)
+                preds.append(torch.nn.functional.linear(h[idx], w[a], b[a]))
+        pred = torch.cat(preds).reshape(-1, self.A, self.k)
+        loss = torch.nn.functional.mse_loss(pred, y[torch.cat(rows)])
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
         with torch.no_grad():
-            for p, tp in zip(self.net.parameters(), self.target.parameters(), strict=True):
-                tp.lerp_(p, self.polyak)
+            torch._foreach_lerp_(
+                list(self.target.parameters()), list(self.net.parameters()), self.polyak
+            )
         return float(loss.detach())

@@ -45,6 +45,8 @@ __all__ = [
     "mlp",
     "ImageEncoder",
     "make_net",
+    "is_image",
+    "twin_net",
     "TwinMLP",
     "TwinNet",
     "ReplayBuffer",
@@ -233,7 +235,7 @@ class TwinNet(nn.Module):
     """Two independent networks evaluated as one module, ``forward(x) -> [2, B, n_out]`` (the
     twin soft Q-networks for image observations; :class:`TwinMLP` fuses the vector case)."""
 
-    def __init__(self, nets: list[nn.Module]) -> None:
+    def __init__(self, nets: list[torch.nn.Module]) -> None:
         super().__init__()
         if len(nets) != 2:
             raise ValueError(f"TwinNet needs two networks, got {len(nets)}")
@@ -244,7 +246,7 @@ class TwinNet(nn.Module):
         return torch.stack([net(x) for net in self.nets])
 
 
-def twin_net(shape: tuple[int, ...], hidden: tuple[int, ...], n_out: int) -> nn.Module:
+def twin_net(shape: tuple[int, ...], hidden: tuple[int, ...], n_out: int) -> torch.nn.Module:
     """Twin Q-networks for observations of ``shape``: :class:`TwinMLP` for vectors,
     :class:`TwinNet` of two :func:`make_net` for images."""
     if not is_image(tuple(shape)):
