@@ -651,7 +651,7 @@ def _execute(plan: list[RLHFConfig], out: Path, workers: int, address: str | Non
         counts[status] += 1
         bar.update(1)
         if verbose:
-            bar.write(f"[{bar.n}/{len(jobs)}] {status:7s} {path.name}")
+            bar.write(f"[{sum(counts.values())}/{len(jobs)}] {status:7s} {path.name}")
 
     try:
         if workers == 1 and address is None:
