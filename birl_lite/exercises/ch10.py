@@ -21,7 +21,7 @@ def padded_bt_loss(
 ) -> torch.Tensor:
     """The reference of :func:`check_padded_bt_loss`: per-pair Bradley-Terry losses ``[m]`` of
     fragments whose padded steps (``real == False``, the absorbing state after termination) pay 0,
-    whatever the model's per-step rewards ``r [m, L]`` hold there."""
+    whatever the model's per-step rewards ``r [m, T]`` hold there."""
     z = torch.where(real1, r1, 0.0).sum(dim=1) - torch.where(real2, r2, 0.0).sum(dim=1)
     return bradley_terry_loss(z, y)
 
@@ -30,9 +30,9 @@ def check_padded_bt_loss(fn: Callable, n_cases: int = 20, seed: int = 0) -> bool
     """Check a reader's ``fn(r1, r2, real1, real2, y)`` (per-pair Bradley-Terry losses of padded
     fragments, chapter 10).
 
-    Called with float64 tensors ``r1, r2 [m, L]`` (the model's reward at each step of the two
+    Called with float64 tensors ``r1, r2 [m, T]`` (the model's reward at each step of the two
     fragments of each pair; at padded steps whatever a network returns there), boolean tensors
-    ``real1, real2 [m, L]`` (``False`` at the padded steps after termination) and labels
+    ``real1, real2 [m, T]`` (``False`` at the padded steps after termination) and labels
     ``y [m]`` in ``[0, 1]``; must return ``[m]``: ``y softplus(-z) + (1 - y) softplus(z)`` with
     ``z`` the difference of the two fragments' returns over their real steps. Some cases have no
     padding, some fragments are mostly padding, some rewards are large.
@@ -44,19 +44,19 @@ def check_padded_bt_loss(fn: Callable, n_cases: int = 20, seed: int = 0) -> bool
         gen = torch.Generator().manual_seed(seed)
         for k in range(n_cases):
             m = int(torch.randint(1, 12, (1,), generator=gen))
-            L = int(torch.randint(1, 9, (1,), generator=gen))
+            T = int(torch.randint(1, 9, (1,), generator=gen))
             scale = [1.0, 5.0, 100.0][k % 3]
-            r1, r2 = (scale * torch.randn(m, L, generator=gen, dtype=torch.float64) for _ in "12")
+            r1, r2 = (scale * torch.randn(m, T, generator=gen, dtype=torch.float64) for _ in "12")
             real = []
-            for _ in range(2):  # k real steps, then padding (k = L: a window inside an episode)
-                n_real = torch.randint(1, L + 1, (m,), generator=gen)
+            for _ in range(2):  # k real steps, then padding (k = T: a window inside an episode)
+                n_real = torch.randint(1, T + 1, (m,), generator=gen)
                 if k % 4 == 0:
-                    n_real = torch.full((m,), L)
-                real.append(torch.arange(L)[None, :] < n_real[:, None])
+                    n_real = torch.full((m,), T)
+                real.append(torch.arange(T)[None, :] < n_real[:, None])
             y = torch.rand(m, generator=gen, dtype=torch.float64)
             pad = int((~real[0]).sum() + (~real[1]).sum())
             yield Case(
-                label=f"m={m}, L={L}, {pad} padded steps, |r| ~ {scale:g}",
+                label=f"m={m}, T={T}, {pad} padded steps, |r| ~ {scale:g}",
                 args=(r1, r2, real[0], real[1], y),
                 expected=padded_bt_loss(r1, r2, real[0], real[1], y),
             )
