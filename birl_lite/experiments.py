@@ -54,6 +54,7 @@ from .plotting import confidence_band
 
 __all__ = [
     "CurveBand",
+    "add_parallel_arguments",
     "config_difference",
     "is_finished_file",
     "parse_seeds",
@@ -447,6 +448,33 @@ def _run_on_ray(todo: Sequence[Run], workers: int, address: str | None):
 _RAY_TOKEN: str | None = None
 
 
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every results command shares: ``--workers`` (an integer >= 1, checked when
+    parsed), ``--address`` (a Ray cluster) and ``--no-progress``; see :func:`run_on_ray`."""
+
+    def workers(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        return value
+
+    parser.add_argument(
+        "--workers",
+        type=workers,
+        default=1,
+        help="runs trained in parallel on a local Ray instance (1: one after the other, no Ray)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="join an existing Ray cluster at this address instead (e.g. auto, ray://host:10001)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def run_on_ray(func: Callable[[Any], Any], items: Sequence[Any], workers: int,
                address: str | None = None) -> Iterator[Any]:  # fmt: skip
     """Yield ``func(item)`` for every item, in the order Ray finishes them, one CPU each: the
@@ -806,18 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="other ACConfig fields; they also name the output files",
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="runs trained in parallel on a local Ray instance (1: sequential, no Ray)",
-    )
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="join an existing Ray cluster at this address instead (e.g. auto, ray://host:10001)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_parallel_arguments(parser)
     args = parser.parse_args(argv)
     overrides = {}
     types = {f.name: f.type for f in fields(ACConfig)}
@@ -837,8 +854,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["nystrom_rank"] = args.rank
     if args.damping is not None:
         overrides["nystrom_damping"] = args.damping
-    if args.workers < 1:
-        parser.error(f"--workers must be an integer >= 1, got {args.workers}")
     known = {f.name for f in fields(ACConfig)}
     bad = sorted(set(overrides) - known)
     if bad:

@@ -88,6 +88,8 @@ def test_plan_is_seed_major_and_names_overrides(tmp_path):
         (["--rank", "0"], "--rank must be an integer >= 1"),
         (["--set", "nystrom_rank=0"], "nystrom_rank must be an integer >= 1"),
         (["--set", "lr=1"], "unknown config field"),
+        (["--workers", "0"], "--workers: expected an integer >= 1, got '0'"),
+        (["--workers", "two"], "--workers: expected an integer >= 1, got 'two'"),
     ],
 )
 def test_cli_bad_arguments(tmp_path, capsys, argv, message):

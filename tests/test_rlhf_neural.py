@@ -447,6 +447,8 @@ def test_command_settings_by_key(tmp_path):
     assert cfg["sac"]["hidden"] == [16, 16] and cfg["arm"] == "true"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         main([*args[:-3], "--set", "no_such_key=1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # the same parallel options as the BLPO command
+        main([*args, "--workers", "0"])
 
 
 def test_absorbing_runs_are_named_and_files_without_the_field_count_as_without_it(tmp_path):

@@ -583,24 +583,11 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         help="SACConfig settings, e.g. update_every=2 hidden=[128,128] (JSON values)",
     )
     p.add_argument("--out", type=Path, default=Path("results/rlhf"))
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="runs trained in parallel on a local Ray instance (1: one after the other, no Ray)",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="join an existing Ray cluster at this address instead (e.g. auto, ray://host:10001)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from ..experiments import _check_writable, add_parallel_arguments, parse_seeds
+
+    add_parallel_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, no line per run")
     args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers must be an integer >= 1, got {args.workers}")
-    from ..experiments import _check_writable, parse_seeds
-
     torch.set_num_threads(1)
     _check_writable(args.out)
     sac = dataclasses.replace(
