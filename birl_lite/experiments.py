@@ -171,12 +171,18 @@ def _read_record(path: Path) -> dict | None:
 def config_difference(stored: dict, planned: dict, defaults: dict) -> list[str]:
     """Fields that differ between a stored and a planned configuration; a field missing from a
     file made before it existed counts as its default (new fields always default to the previous
-    behaviour). Shared by every experiment command (chapters 5, 6, 9 and the neural RLHF one)."""
-    return sorted(
-        k
-        for k in set(stored) | set(planned)
-        if stored.get(k, defaults.get(k)) != planned.get(k, defaults.get(k))
-    )
+    behaviour). Shared by every experiment command (chapters 5, 6, 9 and the neural RLHF one).
+    Nested settings (dicts, as the RLHF agent's ``sac``) are compared field by field, a nested
+    field reported as ``"outer.inner"``."""
+    out = []
+    for k in set(stored) | set(planned):
+        s, p, d = stored.get(k, defaults.get(k)), planned.get(k, defaults.get(k)), defaults.get(k)
+        if isinstance(s, dict) and isinstance(p, dict):
+            inner = config_difference(s, p, d if isinstance(d, dict) else {})
+            out += [f"{k}.{name}" for name in inner]
+        elif s != p:
+            out.append(k)
+    return sorted(out)
 
 
 def _config_difference(stored: dict, planned: dict) -> list[str]:

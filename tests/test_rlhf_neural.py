@@ -380,6 +380,7 @@ def test_every_arm_runs_and_records_its_curve(arm):
     c = rec["curve"]
     assert c["comparisons"] == [4, 9, 12] and c["agent_steps"] == [200, 300, 300]
     assert all(0 <= a <= 1 for a in c["heldout_accuracy"] if a is not None)
+    assert all(0 <= f <= 1 for f in c["terminated_fraction"]) and min(c["episode_length"]) > 5
     json.dumps(rec, allow_nan=False)
 
 
@@ -470,6 +471,37 @@ def test_absorbing_runs_are_named_and_files_without_the_field_count_as_without_i
     assert main([*args[:-1], "--set", "absorbing=true"])["run"] == 1  # another file (with bars)
     (padded,) = (json.loads(p.read_text()) for p in tmp_path.glob("*__absorbing=True__*.json"))
     assert len(padded["curve"]["heldout_accuracy_inside"]) == 3
+
+
+def test_continuing_agent_never_stores_a_terminal_transition():
+    # CartPole terminates within ~20 random steps; the stored next state is the next episode's
+    # first state (Christiano et al. 2017's "single continuous episode"), the episodes the same
+    def run(continuing: bool) -> DiscreteSAC:
+        cfg = SACConfig(learning_starts=400, continuing=continuing)
+        agent = DiscreteSAC(gym.make("CartPole-v1"), env_reward, cfg, seed=0)
+        agent.train(300)  # before learning starts: the same random actions either way
+        return agent
+
+    plain, cont = run(False), run(True)
+    n = len(plain.buffer)
+    ends = np.flatnonzero(plain.buffer.terminated[:n])
+    assert len(ends) >= 5 and cont.buffer.terminated[:n].sum() == 0
+    assert plain.stats.episode_returns == cont.stats.episode_returns
+    for k in ends[:-1]:  # into the next episode: the state stored as the next step's observation
+        assert np.array_equal(cont.buffer.next_obs[k], cont.buffer.obs[k + 1])
+        assert not np.array_equal(plain.buffer.next_obs[k], plain.buffer.obs[k + 1])
+    with pytest.raises(TypeError, match="continuing"):
+        SACConfig(continuing="yes")
+
+
+def test_results_files_from_before_a_nested_agent_field_still_match(tmp_path):
+    from birl_lite.experiments import config_difference
+
+    assert config_difference({"sac": {"a": 1}}, {"sac": {"a": 1, "b": 0}}, {"sac": {"b": 0}}) == []
+    assert config_difference({"sac": {"a": 1}}, {"sac": {"a": 2}}, {}) == ["sac.a"]
+    cfg = RLHFConfig(**{**TINY, "sac": SACConfig(continuing=True)})
+    assert "__sac.continuing=True" in run_path(tmp_path, cfg).name
+    assert "continuing" not in run_path(tmp_path, RLHFConfig(**TINY)).name
 
 
 def test_command_trains_runs_in_parallel_on_ray(tmp_path):

@@ -328,8 +328,12 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
             after each iteration if given (``curve``: the record's curve so far).
 
     Returns:
-        The record (JSON-ready), with ``config``, ``curve`` (lists, one entry per iteration),
-        ``wall_time``, ``complete``.
+        The record (JSON-ready), with ``config``, ``curve`` (lists, one entry per iteration:
+        ``agent_steps``, ``comparisons``, ``true_return`` (mean of the last 20 episodes),
+        ``eval_return``, ``heldout_accuracy``, ``onpolicy_accuracy``, ``temperature``,
+        ``episode_length`` and ``terminated_fraction`` (of the last 20 episodes; absent from files
+        written before they existed), ``wall_time``, and ``heldout_accuracy_inside`` with
+        ``absorbing``), ``n_episodes``, ``wall_time``, ``complete``.
     """
     if not isinstance(cfg, RLHFConfig):
         raise TypeError(f"cfg must be an RLHFConfig, got {type(cfg).__name__}")
@@ -381,7 +385,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
         cfg.budget - cfg.initial_comparisons, cfg.n_iter
     )
     keys = ("agent_steps", "comparisons", "true_return", "eval_return", "heldout_accuracy",
-            "onpolicy_accuracy", "temperature", "wall_time")  # fmt: skip
+            "onpolicy_accuracy", "temperature", "episode_length", "terminated_fraction",
+            "wall_time")  # fmt: skip
     if cfg.absorbing and not baseline:
         keys += ("heldout_accuracy_inside",)
     eval_env = make_env(cfg.env, cfg.seed + 40_000) if cfg.eval_episodes else None
@@ -458,7 +463,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
         held_acc = [] if baseline else [preference_accuracy(reward, *h) for h in held]
         ev = greedy_return(agent, eval_env, cfg.eval_episodes, 1_000_000 * (cfg.seed + 1))
         values = (agent.stats.global_step, used, mean_ret, ev, held_acc[0] if held_acc else None,
-                  on_acc, agent.temperature, time.perf_counter() - t0, *held_acc[1:])  # fmt: skip
+                  on_acc, agent.temperature, *agent.episode_ends(20), time.perf_counter() - t0,
+                  *held_acc[1:])  # fmt: skip
         for k_, v in zip(keys, values, strict=True):
             curve[k_].append(None if isinstance(v, float) and not math.isfinite(v) else v)
         if progress is not None:

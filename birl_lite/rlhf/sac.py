@@ -73,6 +73,14 @@ class SACConfig:
             ``None``: no clamp.
         reward_scale: a factor on the reward in the target, before the clamp (LunarLander's
             true reward is in the hundreds per episode; 0.1 keeps the soft values moderate).
+        continuing: do not send termination to the agent: a transition into a terminal state is
+            stored as one into the next episode's first state, with ``terminated = 0`` (the
+            environment is still reset), so the agent sees one continuing task (Christiano et
+            al., 2017, appendix A: termination "can encode information about the task even when
+            the reward is hidden"). With a learned reward this removes the bonus for staying
+            alive (or for ending early) that an offset of ``r_x`` would otherwise pay, an offset
+            that comparisons of equal-length fragments cannot identify (chapter 10, section 10.3).
+            Episode records, returns and truncations are unchanged.
     """
 
     hidden: tuple[int, ...] = (64, 64)
@@ -90,6 +98,7 @@ class SACConfig:
     target_entropy_scale: float = 0.89
     reward_clip: float | None = None
     reward_scale: float = 1.0
+    continuing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -110,6 +119,8 @@ class SACConfig:
             v = check_real(getattr(self, name), name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number > 0, got {v}")
+        if not isinstance(self.continuing, bool):
+            raise TypeError(f"continuing must be a bool, got {self.continuing!r}")
         if self.reward_clip is not None and not check_real(self.reward_clip, "reward_clip") > 0:
             raise ValueError(f"reward_clip must be > 0 or None, got {self.reward_clip}")
 
@@ -323,6 +334,7 @@ class _Stats:
     n_updates: int = 0
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
+    episode_terminated: list[bool] = field(default_factory=list)  # False: truncated
 
 
 class DiscreteSAC:
@@ -461,7 +473,11 @@ class DiscreteSAC:
             a = self.act(self._obs)
             raw, rew, term, trunc, _ = self.env.step(a)
             nxt = self.encoder(raw)
-            self.buffer.add(self._obs, a, float(rew), nxt, term)
+            first = self.encoder(self.env.reset()[0]) if term or trunc else None
+            if term and cfg.continuing:  # the next episode's first state, not a terminal one
+                self.buffer.add(self._obs, a, float(rew), first, False)
+            else:
+                self.buffer.add(self._obs, a, float(rew), nxt, term)
             self._ep_obs.append(self._obs)
             self._ep_act.append(a)
             self._ep_rew.append(float(rew))
@@ -472,8 +488,9 @@ class DiscreteSAC:
                 self.finished.append(ep)
                 self.stats.episode_returns.append(float(ep.rewards.sum()))
                 self.stats.episode_lengths.append(len(ep))
+                self.stats.episode_terminated.append(bool(term))
                 self._ep_obs, self._ep_act, self._ep_rew = [], [], []
-                nxt = self.encoder(self.env.reset()[0])
+                nxt = first
             self._obs = nxt
             step = self.stats.global_step
             if step > cfg.learning_starts and step % cfg.update_every == 0:
@@ -487,6 +504,17 @@ class DiscreteSAC:
         """The episodes finished since the last call (and forget them)."""
         out, self.finished = self.finished, []
         return out
+
+    def episode_ends(self, last: int = 20) -> tuple[float, float]:
+        """Mean length of the last ``last`` finished episodes, and the fraction of them that
+        ended by termination (the rest were truncated at the time limit); NaN if none. On
+        LunarLander a stalled agent shows here: long episodes, truncated (it hovers), or short
+        ones, terminated (it crashes or lands)."""
+        n = self.stats.episode_lengths[-last:]
+        ends = self.stats.episode_terminated[-last:]
+        if not n:
+            return float("nan"), float("nan")
+        return float(np.mean(n)), float(np.mean(ends))
 
     def mean_return(self, last: int = 20) -> float:
         """Mean environment return of the last ``last`` finished episodes (NaN if none)."""
