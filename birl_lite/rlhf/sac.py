@@ -80,7 +80,10 @@ class SACConfig:
             the reward is hidden"). With a learned reward this removes the bonus for staying
             alive (or for ending early) that an offset of ``r_x`` would otherwise pay, an offset
             that comparisons of equal-length fragments cannot identify (chapter 10, section 10.3).
-            Episode records, returns and truncations are unchanged.
+            Episode records, returns and truncations are unchanged. Not the default of the RLHF
+            runs: on LunarLander-v3 (arm A, 150k agent steps, seeds 0-2; chapter 10, section
+            10.4) it ended at true returns 20, -3, 58 against 122, -3, 121 without it, with
+            episodes of ~150 steps against ~480.
     """
 
     hidden: tuple[int, ...] = (64, 64)
