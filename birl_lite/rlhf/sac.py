@@ -76,8 +76,8 @@ class SACConfig:
         continuing: do not send termination to the agent: a transition into a terminal state is
             stored as one into the next episode's first state, with ``terminated = 0`` (the
             environment is still reset), so the agent sees one continuing task (Christiano et
-            al., 2017, appendix A: termination "can encode information about the task even when
-            the reward is hidden"). With a learned reward this removes the bonus for staying
+            al., 2017, appendix A: a termination condition carries information about the task
+            even when the reward is hidden). With a learned reward this removes the bonus for staying
             alive (or for ending early) that an offset of ``r_x`` would otherwise pay, an offset
             that comparisons of equal-length fragments cannot identify (chapter 10, section 10.3).
             Episode records, returns and truncations are unchanged. Not the default of the RLHF
