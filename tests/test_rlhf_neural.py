@@ -3,6 +3,7 @@ the tabular formulas of chapter 6 on a tabular env with one-hot observations, la
 schedule, resumability, bad configurations."""
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -502,6 +503,32 @@ def test_results_files_from_before_a_nested_agent_field_still_match(tmp_path):
     cfg = RLHFConfig(**{**TINY, "sac": SACConfig(continuing=True)})
     assert "__sac.continuing=True" in run_path(tmp_path, cfg).name
     assert "continuing" not in run_path(tmp_path, RLHFConfig(**TINY)).name
+
+
+def test_normalized_reward_has_zero_mean_and_unit_scale_on_the_buffer(monkeypatch):
+    from birl_lite.rlhf import loop
+
+    seen = {}
+    real_sac = loop.DiscreteSAC
+
+    class Spy(real_sac):
+        def train(self, n_steps, on_update=None):
+            if len(self.buffer):  # the agent's reward on the buffer the statistics came from
+                b = self.buffer.sample(20_000, np.random.default_rng(0))
+                seen.setdefault("r", []).append(self.reward(b))
+            super().train(n_steps, on_update)
+
+    monkeypatch.setattr(loop, "DiscreteSAC", Spy)
+    rlhf_run(RLHFConfig(**TINY, normalize_reward=True))  # without: std 0.15, fails
+    for r in seen["r"]:  # 4,096 draws set the statistics, 20,000 check them
+        assert abs(float(r.mean())) < 0.1 and 0.9 < float(r.std()) < 1.1, (r.mean(), r.std())
+    assert RLHFConfig(arm="true", normalize_reward=True).normalize_reward is False
+    assert (
+        "__normalize_reward=True"
+        in run_path(Path("."), RLHFConfig(**TINY, normalize_reward=True)).name
+    )
+    with pytest.raises(TypeError, match="normalize_reward"):
+        RLHFConfig(normalize_reward=1)
 
 
 def test_command_trains_runs_in_parallel_on_ray(tmp_path):

@@ -124,6 +124,14 @@ class RLHFConfig:
             truncation; a likely cause, not tested: the early episodes end in crashes, so a
             per-step bonus for staying alive fits those labels as well as a crash penalty). The
             baseline arm has no fragments and always records ``False``.
+        normalize_reward: the agent sees ``(r_x - m) / s`` instead of ``r_x``, with ``m`` and
+            ``s`` the mean and standard deviation of ``r_x`` over 4,096 transitions drawn from
+            the replay buffer after each update of the reward model (Christiano et al., 2017,
+            normalize the learned reward's scale the same way). Comparisons fix ``r_x`` only up to
+            an offset and, with saturated labels, compress its scale; this fixes both for the
+            agent (the offset to zero on the states it visits). Accuracies are unchanged (an
+            affine map with ``s > 0``). Use with ``sac.reward_scale = 1``. The baseline arm
+            always records ``False``.
         reward_hidden, reward_lr, reward_batch: the reward net and its Adam(W) optimizer.
         reward_epochs: passes over the FIFO per iteration; initial_epochs: on the initial data.
             (Chosen, not tuned, for LunarLander-v3 with 2,000 comparisons: AdamW ``1e-3`` and 3
@@ -152,6 +160,7 @@ class RLHFConfig:
     label_temperature: float = 1.0
     terminal_penalty: float = 0.0
     absorbing: bool = False
+    normalize_reward: bool = False
     reward_hidden: tuple[int, ...] = (64, 64)
     reward_lr: float = 1e-3
     reward_batch: int = 64
@@ -187,10 +196,12 @@ class RLHFConfig:
             v = check_real(getattr(self, name), name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        if not isinstance(self.absorbing, bool):
-            raise TypeError(f"absorbing must be a bool, got {self.absorbing!r}")
-        if self.arm == BASELINE:  # no fragments: the setting means nothing, one name per run
+        for name in ("absorbing", "normalize_reward"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.arm == BASELINE:  # no learned reward: the settings mean nothing, one name per run
             object.__setattr__(self, "absorbing", LEGACY["absorbing"])
+            object.__setattr__(self, "normalize_reward", LEGACY["normalize_reward"])
         if self.steps < self.alternate:
             raise ValueError(f"steps ({self.steps}) must be >= alternate ({self.alternate})")
         if self.budget - self.initial_comparisons < self.n_iter:
@@ -359,9 +370,21 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     reward = _MeanReward(members) if ensemble else members[0]
     opts = [torch.optim.AdamW(m.parameters(), lr=cfg.reward_lr) for m in members]
 
+    shift_scale = [0.0, 1.0]  # the agent sees (r_x - shift) / scale (normalize_reward)
+
     @torch.no_grad()
     def agent_reward(b: Batch) -> torch.Tensor:
-        return reward(b.obs).gather(1, b.actions[:, None])[:, 0]
+        r = reward(b.obs).gather(1, b.actions[:, None])[:, 0]
+        return (r - shift_scale[0]) / shift_scale[1]
+
+    norm_rng = np.random.default_rng([cfg.seed, 3])
+
+    @torch.no_grad()
+    def normalize() -> None:
+        if cfg.normalize_reward and len(agent.buffer):
+            b = agent.buffer.sample(4096, norm_rng)
+            r = reward(b.obs).gather(1, b.actions[:, None])[:, 0].double()
+            shift_scale[:] = [float(r.mean()), max(float(r.std()), 1e-8)]
 
     agent = DiscreteSAC(env, env_reward if baseline else agent_reward, cfg.sac, seed=cfg.seed)
     probs = _probs_fn(agent)
@@ -457,6 +480,8 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
+        if not baseline:
+            normalize()
         if it < len(schedule) - 1:
             agent.train(cfg.alternate, train_critic if critic is not None else None)
         mean_ret = agent.mean_return(20)
@@ -486,7 +511,7 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
 #: The values that reproduce the behaviour from before a field existed. A results file written
 #: without the field was run with this value (``absorbing`` False, fragments inside episodes),
 #: whatever the field's default.
-LEGACY = {"absorbing": False}
+LEGACY = {"absorbing": False, "normalize_reward": False}
 
 
 def reference_config() -> dict:
