@@ -373,17 +373,17 @@ def rlhf_run(cfg: RLHFConfig, progress: object = None) -> dict:
     shift_scale = [0.0, 1.0]  # the agent sees (r_x - shift) / scale (normalize_reward)
 
     @torch.no_grad()
+    def learned_reward(b: Batch) -> torch.Tensor:  # r_x(s, a) of each transition, [B]
+        return reward(b.obs).gather(1, b.actions[:, None])[:, 0]
+
     def agent_reward(b: Batch) -> torch.Tensor:
-        r = reward(b.obs).gather(1, b.actions[:, None])[:, 0]
-        return (r - shift_scale[0]) / shift_scale[1]
+        return (learned_reward(b) - shift_scale[0]) / shift_scale[1]
 
     norm_rng = np.random.default_rng([cfg.seed, 3])
 
-    @torch.no_grad()
     def normalize() -> None:
         if cfg.normalize_reward and len(agent.buffer):
-            b = agent.buffer.sample(4096, norm_rng)
-            r = reward(b.obs).gather(1, b.actions[:, None])[:, 0].double()
+            r = learned_reward(agent.buffer.sample(4096, norm_rng)).double()
             shift_scale[:] = [float(r.mean()), max(float(r.std()), 1e-8)]
 
     agent = DiscreteSAC(env, env_reward if baseline else agent_reward, cfg.sac, seed=cfg.seed)
