@@ -35,8 +35,12 @@ MINATAR=(--envs MinAtar/Breakout-v1 --steps 100000 --seeds 0-4 --set absorbing=t
 NORM=(--set normalize_reward=true --sac reward_scale=1)
 "$PY" -m birl_lite.rlhf --arms loss "${LUNAR[@]}" "${NORM[@]}" "$@"
 # the hyper-term arms and the exploration control in the plain setting of arm A (the normalized
-# variant was measured level with it on 8 seeds, so the arms are compared with the plain arm A's
+# variant was measured level with it on 10 seeds, so the arms are compared with the plain arm A's
 # 10 committed seeds, paired)
-"$PY" -m birl_lite.rlhf --arms truncated full flipped ensemble "${LUNAR[@]}" "$@"
+"$PY" -m birl_lite.rlhf --arms truncated "${LUNAR[@]}" "$@"
+# arm B with the authors' delay: the hyper term off for the first 100k agent steps (their code:
+# `global_step <= 1e5`), so that it starts on a reward model learned without it
+"$PY" -m birl_lite.rlhf --arms truncated "${LUNAR[@]}" --hyper-delay 100000 "$@"
+"$PY" -m birl_lite.rlhf --arms full flipped ensemble "${LUNAR[@]}" "$@"
 # MinAtar Breakout, all arms
 "$PY" -m birl_lite.rlhf --arms true loss truncated full flipped ensemble "${MINATAR[@]}" "$@"
