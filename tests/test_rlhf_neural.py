@@ -396,6 +396,21 @@ def test_bad_configurations_give_clear_errors():
         RLHFConfig(arm="nope")
 
 
+def test_a_missing_extra_is_not_reported_as_an_unknown_environment(monkeypatch):
+    """box2d or mujoco missing: gymnasium's DependencyNotInstalled (what to install) reaches the
+    caller, not a ValueError calling the id unknown."""
+    import gymnasium as gym
+
+    def make(env_id, **kwargs):
+        raise gym.error.DependencyNotInstalled(
+            'Box2D is not installed: pip install "gymnasium[box2d]"'
+        )
+
+    monkeypatch.setattr(gym, "make", make)
+    with pytest.raises(gym.error.DependencyNotInstalled, match="box2d"):
+        make_env("LunarLander-v3")
+
+
 def test_command_is_resumable_and_refuses_another_configuration(tmp_path):
     args = ["--arms", "loss", "--steps", "200", "--alternate", "100", "--budget", "12",
             "--initial-comparisons", "4", "--fragment-length", "5", "--terminal-penalty", "10",

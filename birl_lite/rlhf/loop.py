@@ -223,7 +223,9 @@ class RLHFConfig:
 
 
 def make_env(env_id: str, seed: int = 0) -> gym.Env:
-    """``gym.make(env_id)`` with clear errors: unknown id, non-Discrete actions (``ValueError``).
+    """``gym.make(env_id)`` with clear errors: unknown id, non-Discrete actions (``ValueError``);
+    a missing extra (box2d for LunarLander, ...) raises gymnasium's ``DependencyNotInstalled``,
+    whose message names what to install.
 
     ``MinAtar/...`` ids register MinAtar's environments first."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
@@ -232,6 +234,8 @@ def make_env(env_id: str, seed: int = 0) -> gym.Env:
         minatar.gym.register_envs()
     try:
         env = gym.make(env_id)
+    except gym.error.DependencyNotInstalled:
+        raise
     except gym.error.Error as exc:
         raise ValueError(f"unknown environment {env_id!r}: {exc}") from exc
     if not isinstance(env.action_space, gym.spaces.Discrete):
