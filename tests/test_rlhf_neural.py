@@ -320,7 +320,7 @@ def test_absorbing_steps_pay_zero_in_every_fragment_return():
         r = [net(t(ep.obs[s:])) for s in f.start]
         ref = [(ri.gather(1, t(ep.actions[s:])[:, None])[:, 0] - ri.mean(1)).sum()
                for ri, s in zip(r, f.start, strict=True)]  # fmt: skip
-    assert float(got) == pytest.approx(float(torch.stack(ref).mean()), rel=1e-5)
+    assert got.item() == pytest.approx(float(torch.stack(ref).mean()), rel=1e-5)
 
 
 def test_padding_identifies_the_reward_offset_and_windows_inside_do_not():
