@@ -614,7 +614,7 @@ def test_continuation_critic_step_equals_the_regression_on_the_full_output():
     ref.opt.zero_grad()
     ref_loss.backward()
     ref.opt.step()
-    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
     for p, q in zip(critic.net.parameters(), ref.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
