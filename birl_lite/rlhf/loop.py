@@ -75,6 +75,7 @@ __all__ = [
     "RLHFConfig",
     "make_env",
     "query_schedule",
+    "random_episodes",
     "rlhf_run",
     "reference_config",
     "run_path",
@@ -259,18 +260,17 @@ def query_schedule(total: int, n_iter: int) -> list[int]:
     return out.tolist()
 
 
-def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> list[tuple]:
-    """``n_heldout`` pairs of fragments from a uniformly random policy on a separate env:
-    windows inside episodes (the first results' held-out set), then, when ``cfg.absorbing``,
-    pairs drawn as the training pairs are (running into termination, padded)."""
-    env = make_env(cfg.env, cfg.seed + 10_000)
-    rng = np.random.default_rng([cfg.seed, 3])
+def random_episodes(env: gym.Env, encoder: ObsEncoder, min_steps: int, rng: np.random.Generator,
+                    first_seed: int = 0, min_length: int = 1,
+                    max_steps: int | None = None) -> list[Episode]:  # fmt: skip
+    """Episodes of the uniformly random policy on ``env`` (resets seeded ``first_seed``,
+    ``first_seed + 1``, ...; actions drawn from ``rng``), until they hold ``min_steps`` steps and
+    one of them has at least ``min_length``, or more than ``max_steps`` steps in all. Used for the
+    held-out pairs of :func:`rlhf_run` and by chapter 10's check of arm B's first update."""
     episodes: list[Episode] = []
-    need = 4 * cfg.n_heldout * cfg.fragment_length
-    n, k = 0, 0
-    while n < need or not any(len(e) >= cfg.fragment_length for e in episodes):
-        raw, _ = env.reset(seed=cfg.seed * 1000 + k)
-        k += 1
+    n = 0
+    while n < min_steps or not any(len(e) >= min_length for e in episodes):
+        raw, _ = env.reset(seed=first_seed + len(episodes))
         obs, act, rew, term, trunc = [], [], [], False, False
         while not (term or trunc):
             a = int(rng.integers(env.action_space.n))
@@ -280,8 +280,20 @@ def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> list[tuple]:
             rew.append(float(r))
         episodes.append(Episode(np.stack(obs), np.asarray(act), np.asarray(rew), bool(term)))
         n += len(act)
-        if n > 50 * need:
+        if max_steps is not None and n > max_steps:
             break
+    return episodes
+
+
+def _heldout(cfg: RLHFConfig, encoder: ObsEncoder) -> list[tuple]:
+    """``n_heldout`` pairs of fragments from a uniformly random policy on a separate env:
+    windows inside episodes (the first results' held-out set), then, when ``cfg.absorbing``,
+    pairs drawn as the training pairs are (running into termination, padded)."""
+    env = make_env(cfg.env, cfg.seed + 10_000)
+    rng = np.random.default_rng([cfg.seed, 3])
+    need = 4 * cfg.n_heldout * cfg.fragment_length
+    episodes = random_episodes(env, encoder, need, rng, first_seed=cfg.seed * 1000,
+                               min_length=cfg.fragment_length, max_steps=50 * need)  # fmt: skip
     t = torch.from_numpy
     out = []
     for absorbing in (False, True) if cfg.absorbing else (False,):
