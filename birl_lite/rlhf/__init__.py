@@ -15,19 +15,18 @@ The committed LunarLander-v3 runs (results/rlhf)::
         --alternate 5000 --budget 2000 --initial-comparisons 200 --fragment-length 25 \\
         --set absorbing=true --out results/rlhf
 
-The sweep (``bash tools/sweep_rlhf.sh``: the true-reward baseline and the arms A-E, 10 seeds on
-LunarLander-v3, 5 on MinAtar Breakout, two runs at a time)::
+The sweep, ``bash tools/sweep_rlhf.sh`` (resumable; its comments list every command and its
+measured cost): the true-reward baseline and the arms A-E, 10 seeds on LunarLander-v3 (with the
+variants of arm A and arm B that chapter 10, section 10.4 reads), then 5 seeds on MinAtar Breakout
+into ``results/rlhf_minatar``::
 
-    python -m birl_lite.rlhf --arms true loss --envs LunarLander-v3 --steps 150000 --seeds 0-9 \\
-        --alternate 5000 --budget 2000 --initial-comparisons 200 --fragment-length 25 \\
-        --workers 2 --no-progress --out results/rlhf
-    python -m birl_lite.rlhf --arms truncated full flipped ensemble --envs LunarLander-v3 \\
+    python -m birl_lite.rlhf --arms true loss truncated full flipped ensemble --envs LunarLander-v3 \\
         --steps 150000 --seeds 0-9 --alternate 5000 --budget 2000 --initial-comparisons 200 \\
         --fragment-length 25 --workers 2 --no-progress --out results/rlhf
     python -m birl_lite.rlhf --arms true loss truncated full flipped ensemble \\
         --envs MinAtar/Breakout-v1 --steps 100000 --seeds 0-4 --set absorbing=true \\
-        --alternate 5000 --budget 2000 --initial-comparisons 200 --fragment-length 25 \\
-        --workers 2 --no-progress --out results/rlhf
+        --sac update_every=4 --alternate 5000 --budget 2000 --initial-comparisons 200 \\
+        --fragment-length 25 --workers 2 --no-progress --out results/rlhf_minatar
 """
 
 from .loop import ARMS, BASELINE, RLHFConfig, rlhf_run
