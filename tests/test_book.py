@@ -55,6 +55,42 @@ def test_chapter_starts_with_hidden_setup_cell(path):
     assert "remove-cell" in first["metadata"].get("tags", [])
 
 
+SECTION = re.compile(r"^##\s+(\d+)\.(\d+)\b", re.M)
+SECTION_REF = re.compile(r"[Ss]ections?\s+(\d+)\.(\d+)")
+
+
+def _sections():
+    """{(chapter, section)} of every numbered section heading in the chapters."""
+    return {(int(a), int(b)) for p in CHAPTERS for a, b in SECTION.findall(_markdown(_load(p)))}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_sections_are_numbered_in_order(path):
+    """Headings '## N.1', '## N.2', ... with N the chapter's number: a heading lost in an edit
+    (chapter 10 once lost its '## 10.5') leaves a gap."""
+    found = [(int(a), int(b)) for a, b in SECTION.findall(_markdown(_load(path)))]
+    n = int(path.stem.split("_")[0])
+    assert found == [(n, k) for k in range(1, len(found) + 1)], found
+
+
+def test_section_references_name_existing_sections():
+    """'section N.M' in the chapters, the pages, the package, the tools and the tests."""
+    existing = _sections()
+    files = [*CHAPTERS, *ROOT.glob("*.md"), *(ROOT / "birl_lite").rglob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tools").glob("*"),
+             *(ROOT / "tests").glob("*.py")]  # fmt: skip
+    dangling = []
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8")
+        if f.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        refs = {(int(a), int(b)) for a, b in SECTION_REF.findall(text)}
+        dangling += [f"{f.relative_to(ROOT)}: section {a}.{b}" for a, b in sorted(refs - existing)]
+    assert not dangling, dangling
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_has_exercises_solutions_checker_and_references(path):
     nb = _load(path)
