@@ -37,7 +37,7 @@ before the change run the same hour (RESULT ours_over_reference_cpu=0.84
 armC_over_armA_cpu=0.97): on this machine the benchmark does not resolve arm C's overhead from
 noise (+-0.15), so whether the 1.2x target is met is not established by it.
 
-Measured on an idle machine (the sweeps paused, 2 cores, session 8): the full setting twice,
+Measured on an idle 2-core machine (other work paused, December 2026): the full setting twice,
 ``RESULT ours_over_reference_cpu=0.78 armC_over_armA_cpu=1.16`` and ``0.82 ... 1.19``; and
 ``--runs-scale`` (arms A and C side by side, one core each): arm A 454 s CPU, arm C 534 s,
 ``RESULT armC_over_armA_cpu_runs_scale=1.18``. Arm C's overhead is under the issue's 1.2x in all
