@@ -11,8 +11,8 @@
 #     MinAtar) with the CNN of birl_lite.rlhf.sac.ImageEncoder and one update every 4 environment
 #     steps (the authors' and CleanRL's setting, half the LunarLander agent's updates: a pilot of the
 #     true-reward arm, seed 0, rose from 1.4 to 5.6 in 100k agent steps), 100k agent steps, and
-#     absorbing fragments: random Breakout episodes last ~10 steps (losing the ball ends them), so
-#     windows of 25 steps inside episodes would come from the rare long ones only.
+#     absorbing fragments: random Breakout episodes last ~10 steps (losing the ball ends them; 6%
+#     last 25 steps or more), so windows of 25 steps inside episodes would come from those few only.
 # Resumable: rerun to continue; finished runs are skipped (one JSON file per run in the folder);
 # runs in progress elsewhere are locked, so two commands may share the folder.
 #   bash tools/sweep_rlhf.sh                  (WORKERS=2 runs in parallel on a local Ray instance)
