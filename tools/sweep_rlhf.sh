@@ -19,9 +19,8 @@
 #   WORKERS=1 bash tools/sweep_rlhf.sh --seeds 0-4   (a later --seeds replaces the ones below)
 # Measured cost, one run a core on the busy 2-core machine: LunarLander 480-1340 s per run (true
 # 316-632 s; arm A 323-1340 s; arms C/D ~1.1-1.3x arm A), so its 60 runs take ~10-12 h one at a
-# time, ~6 h with two workers on an idle machine; MinAtar Breakout (one update every 4 steps): the
-# true-reward arm's seed 0 took 996 s with three processes sharing the 2 cores, so its 30 runs
-# take ~5-8 core-hours.
+# time, ~6 h with two workers on an idle machine; MinAtar Breakout (one update every 4 steps): its
+# 30 committed runs took 501-996 s each, 5.9 core-hours in all (about 3 h with two workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
