@@ -762,7 +762,15 @@ def test_defaults_are_bit_for_bit_the_code_before_the_continuous_preset(key):
     algo, env_id = key
     kw = {"num_steps": 256, "seed": 2} if env_id == "Pendulum-v1" else {"seed": 5}
     res = train(make_config(algo, env_id, total_steps=1024, **kw))
-    assert _fingerprint(res) == _BEFORE_MINIBATCH[key]
+    if env_id == "Pendulum-v1":
+        # Pendulum's dynamics (numpy's float64 sin/cos) differ in the last bits from one CPU to
+        # another (the references: an Intel machine; an AMD EPYC gives -1695.0129040563857 for
+        # the first return, and those bits grow to ~4e-7 relative through 1,024 steps of float32
+        # training): there, equal to 1e-5 relative; a change of behaviour moves them far more
+        fp, ref = _fingerprint(res), _BEFORE_MINIBATCH[key]
+        assert [*fp[:3], *fp[3]] == pytest.approx([*ref[:3], *ref[3]], rel=1e-5, abs=0)
+    else:
+        assert _fingerprint(res) == _BEFORE_MINIBATCH[key]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "blpo-nystrom"])
