@@ -764,7 +764,7 @@ def test_defaults_are_bit_for_bit_the_code_before_the_continuous_preset(key):
     res = train(make_config(algo, env_id, total_steps=1024, **kw))
     if env_id == "Pendulum-v1":
         # Pendulum's dynamics (numpy's float64 sin/cos) differ in the last bits from one CPU to
-        # another (the references: an Intel machine; an AMD EPYC gives -1695.0129040563857 for
+        # another (the references: an earlier machine; an AMD EPYC gives -1695.0129040563857 for
         # the first return, and those bits grow to ~4e-7 relative through 1,024 steps of float32
         # training): there, equal to 1e-5 relative; a change of behaviour moves them far more
         fp, ref = _fingerprint(res), _BEFORE_MINIBATCH[key]
