@@ -7,11 +7,11 @@
 # Resumable: rerun to continue; finished runs are skipped (one JSON file per run in the folder).
 #   bash tools/sweep_mujoco.sh [--workers N]
 #
-# Estimated cost (measured: 20,480 steps of each algorithm on Hopper-v5, one core, nice, on a
-# loaded 2-core machine, extrapolated): per 1M steps ppo ~10-12 min, ppo-nested ~15, blpo-cg ~19.5,
-# blpo-nystrom ~18.7, i.e. ~64 min per (task, seed) for the four algorithms. Walker2d-v5 steps at
-# about Hopper's speed, HalfCheetah-v5 and InvertedDoublePendulum-v5 faster (+-3 min per run).
-# 4 tasks x 5 seeds x ~64 min = ~21 hours of one core; --workers 2 on an idle 2-core machine ~11 h.
+# Measured cost (Hopper-v5, 1M steps, seeds 2-4, --workers 2 on an otherwise idle 2-core machine,
+# nice): ppo 9-11 min per run, ppo-nested 9-11, blpo-nystrom 14-16, blpo-cg 18-20, i.e. ~54 core-
+# minutes (~27 min of the machine) per (task, seed) for the four algorithms. An earlier estimate from
+# 20,480-step runs said Walker2d-v5 steps at about Hopper's speed, HalfCheetah-v5 and
+# InvertedDoublePendulum-v5 faster: 4 tasks x 5 seeds x ~27 min = ~9 hours of the 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
