@@ -22,8 +22,8 @@ per run, 3 repeats), CPU seconds per run and ratio to PPO:
     HalfCheetah-v5              4.27  1.99 (46%)     1.00x        1.80x     1.46x
     InvertedDoublePendulum-v5   4.49  2.21 (49%)     1.07x        1.81x     1.46x
 
-The rollout takes about half of PPO's run on these tasks (on CartPole far less: the update
-dominates there), which is why BLPO's wall-time ratios are lower on MuJoCo than on CartPole.
+The rollout, whose cost is the same for every algorithm, takes about half of PPO's run on these
+tasks; this is why BLPO-Nystrom's ratio is lower here than on CartPole (``benchmarks/blpo.py``).
 
 Run:  python benchmarks/mujoco_split.py [--quick] [--envs ENV ...] [--rollouts N] [--repeats R]
       (--quick: Hopper-v5, one rollout per run, two repeats, < 60 s)
