@@ -7,8 +7,13 @@
   optimum; the problem's optimum, derivatives and hypergradient are checked independently;
 * the new m_sobirl options (adjoint="sweep" / "exact", direction="myopic" / "direct") do what
   their docstrings say, and the default path is unchanged;
-* at tau = 0.01 (and on four rooms) solving only the adjoint repairs the amortized run.
+* at tau = 0.01 (and on four rooms) solving only the adjoint repairs the amortized run;
+* the descent bound of section 4.6 (eq-ch4-descent-bound): the min ratio stays below 1 for both
+  variants, the mean ratio of the exact variant exceeds it, beta * mu_hat > 2 along the exact path,
+  and the zero-direction control crosses the bound at k = 2.
 """
+
+import math
 
 import pytest
 import torch
@@ -56,7 +61,9 @@ def test_default_path_is_the_paper_algorithm_and_unchanged():
     a = m_sobirl(p, max_iter=1100)
     b = m_sobirl(p, max_iter=1100, adjoint="gradient", direction="h2")
     assert torch.equal(a.x, b.x) and torch.equal(a.history.f, b.history.f)
-    assert _first_below(a.history.f, 1e-4) == 805 and _first_below(a.history.f, 1e-6) == 1092
+    # 805 and 1092 on the CPUs we ran; a step either way is round-off in f near the threshold
+    assert abs(_first_below(a.history.f, 1e-4) - 805) <= 2
+    assert abs(_first_below(a.history.f, 1e-6) - 1092) <= 2
 
 
 def test_synthetic_controls_reach_the_same_milestones():
@@ -82,8 +89,14 @@ def test_sweep_and_exact_adjoint_options():
     many_sweeps = m_sobirl(
         p, max_iter=20, adjoint="sweep", n_adjoint_steps=80, record_iterates=True
     )
-    # 80 sweeps at gamma = 0.5 reach the exact adjoint to round-off: the same iterates
-    assert torch.allclose(exact_adjoint.history.x, many_sweeps.history.x, rtol=1e-10, atol=1e-10)
+    # 80 sweeps at gamma = 0.5 reach the exact adjoint to round-off: the same iterates, up to the
+    # round-off that the paper's beta amplifies on this path (beta * mu_hat > 2, section 4.6): the
+    # largest difference after 20 steps was 6e-11 to 4e-10 depending on the CPU's BLAS; 40 sweeps
+    # (adjoint error 0.5^40 ~ 1e-12) already differ by 8e-7, so the tolerance still separates them
+    gap = (exact_adjoint.history.x - many_sweeps.history.x).abs().max()
+    assert float(gap) <= 1e-8
+    fewer = m_sobirl(p, max_iter=20, adjoint="sweep", n_adjoint_steps=40, record_iterates=True)
+    assert float((exact_adjoint.history.x - fewer.history.x).abs().max()) > 1e-7
     # with an exact lower level too, adjoint="exact" is the exact variant
     a = m_sobirl(p, max_iter=20, exact=True)
     b = m_sobirl(p, max_iter=20, exact=True, adjoint="sweep")  # ignored when exact
@@ -145,7 +158,9 @@ def test_small_temperature_solving_only_the_adjoint_repairs_the_run():
     paper = m_sobirl(cold, max_iter=3000)
     control = m_sobirl(cold, max_iter=3000, adjoint="exact")
     assert cold.phi(paper.x) > 10.0
-    assert cold.phi(control.x) == pytest.approx(1.0, abs=1e-9)
+    # phi - 1 = 2e-10 or 3e-6 at step 3000 depending on the CPU's BLAS (the run passes through a
+    # chaotic phase); the paper's settings end above 10
+    assert cold.phi(control.x) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_four_rooms_amortized_value_sweeps_suffice_with_an_exact_adjoint():
@@ -173,3 +188,25 @@ def test_myopic_checker_accepts_reference_and_rejects_wrong(capsys):
     assert not check_myopic_direction(only_direct)
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" in out
+
+
+def test_descent_bound_claims_of_section_4_6():
+    p = synthetic_problem(0)
+    tracked = m_sobirl(p, max_iter=1200, record_true_grad=True)
+    exact_run = m_sobirl(p, max_iter=1200, exact=True, record_iterates=True)
+    beta = tracked.config.beta
+    C = 2 * (float(tracked.history.phi[0]) - 1.0) / beta
+    k = torch.arange(1, 1201, dtype=D)
+    g2_amortized = tracked.history.grad_norm[:1200] ** 2
+    g2_exact = exact_run.history.h_norm[:1200] ** 2
+    for g2 in (g2_amortized, g2_exact):  # measured 0.26-0.36 on two CPUs
+        assert float((k * torch.cummin(g2, 0).values).max()) / C < 0.6
+    assert float((torch.cumsum(g2_exact, 0)).max()) / C > 1.2  # measured 1.46
+    steps = exact_run.history.x[1:] - exact_run.history.x[:-1]
+    ratios = (steps[1:] - steps[:-1]).norm(dim=1) / steps[:-1].norm(dim=1)
+    assert float(ratios.max()) > 2.2  # beta * mu_hat: 2.46 and 2.74 on two CPUs
+    # control: the zero direction on inverse RL, k ||grad phi(x_0)||^2 / C crosses 1 at k = 2
+    irl = inverse_rl_problem(0)
+    g0 = hypergradient(irl.mdp, irl.reward_fn, irl.upper_fn, irl.x0, irl.tau)
+    C_irl = 2 * (float(g0.phi) - irl.info["phi_star"]) / 0.5
+    assert math.ceil(C_irl / float(g0.grad.norm()) ** 2) == 2
