@@ -12,6 +12,8 @@
 # minutes (~27 min of the machine) per (task, seed) for the four algorithms. An earlier estimate from
 # 20,480-step runs said Walker2d-v5 steps at about Hopper's speed, HalfCheetah-v5 and
 # InvertedDoublePendulum-v5 faster: 4 tasks x 5 seeds x ~27 min = ~9 hours of the 2-core machine.
+# Walker2d-v5, seeds 2-4, on a slower 2-core machine (AMD EPYC, ~1.45x the CPU time per step) and
+# under changing load: 24-37 min per run. With --workers 1 the runs go through no Ray at all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
