@@ -10,6 +10,8 @@ JOBS   ?= 2
 # One thread per notebook kernel / test worker (nbval's kernels inherit the environment): with
 # JOBS workers on a small machine, a second OpenMP/BLAS thread per process only competes.
 ONE_THREAD = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# nbval, with round-off (numbers printed below 1e-12) masked on both sides: see tests/nbval_sanitize.cfg
+NBVAL = --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 # make test builds the book from the committed outputs that nbval has just checked, with this copy of
 # _config.yml whose execute_notebooks is 'off': each notebook is executed once, not twice.
 NOEXEC_CONFIG = _build/_config_noexec.yml
@@ -62,7 +64,7 @@ unit: setup
 	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 
 notebooks: setup
-	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval chapters
+	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile $(NBVAL) chapters
 
 # Open every page of _build/html in headless Chromium (Debian's package, installed if missing),
 # offline: links, images, rendered equations; screenshots in _build/screenshots.
@@ -74,12 +76,12 @@ browser-test: setup
 
 # One chapter's notebook and the unit tests of its modules, e.g.  make chapter CH=03
 chapter: setup
-	$(ONE_THREAD) $(BIN)/python -m pytest --nbval -m ch$(CH) tests chapters
+	$(ONE_THREAD) $(BIN)/python -m pytest $(NBVAL) -m ch$(CH) tests chapters
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval tests chapters
+	$(ONE_THREAD) $(BIN)/python -m pytest -n $(JOBS) --dist loadfile $(NBVAL) tests chapters
 	$(MAKE) build-noexec
 	$(MAKE) browser-test
 

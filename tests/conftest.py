@@ -3,7 +3,8 @@
 * One torch thread per worker (the suite runs with ``pytest -n 2``).
 * A marker per chapter (``ch01`` ... ``ch10``) on the chapter's notebook and on the unit tests of the
   modules it introduces, so that an instructor can run one chapter's checks alone:
-  ``make chapter CH=03``, i.e. ``pytest --nbval -m ch03 tests chapters``.
+  ``make chapter CH=03``, i.e.
+  ``pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -m ch03 tests chapters``.
 """
 
 import torch
