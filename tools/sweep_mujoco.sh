@@ -13,7 +13,9 @@
 # 20,480-step runs said Walker2d-v5 steps at about Hopper's speed, HalfCheetah-v5 and
 # InvertedDoublePendulum-v5 faster: 4 tasks x 5 seeds x ~27 min = ~9 hours of the 2-core machine.
 # Walker2d-v5, seeds 2-4, on a slower 2-core machine (AMD EPYC, ~1.45x the CPU time per step) and
-# under changing load: 24-37 min per run. With --workers 1 the runs go through no Ray at all.
+# under changing load: 24-37 min per run. HalfCheetah-v5 on that machine, seeds 2-4, two instances
+# of this script with --workers 1: ppo 15 min, ppo-nested 16-17, blpo-nystrom 24-26, blpo-cg 32-33.
+# With --workers 1 the runs go through no Ray at all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
