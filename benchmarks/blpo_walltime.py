@@ -33,6 +33,17 @@ Side by side against a copy of the code before (same process, interleaved): 2.2-
 2.6-2.9x per update. Whole 50k-step CartPole runs on one core (3 seeds, paired, CPU time):
 1.71x now vs 1.97x before (the rollout costs the same for both). The 1.5x target is not met.
 
+Why the target is out of reach with torch's eager ops (AMD EPYC 2-core machine, one thread, sweep
+paused; torch.profiler over 200 updates after 50 warm-up ones): a PPO update takes 2.8-3.3 ms of
+thread CPU time, a BLPO-Nystrom update 8.4-8.6 ms, of which the aten kernels' own time is 5.8-6.2 ms
+(matrix products and LAPACK 1.6-1.8 ms; about 600 aten calls per update, 280 of them views, slices
+and permutes) and the rest Python and the Python-to-C++ call overhead. On that machine
+`benchmarks/blpo.py` (100k steps) gave PPO 14.9 s and BLPO-Nystrom 32.9 s for 3,136 updates each,
+so the rollout and the batch preparation take about 5.4 s. Reaching 1.5x (22.4 s) would take a
+BLPO update of at most about 5.4 ms: about what its aten kernels alone take (the profiler's
+figure includes some of its own bookkeeping), so even an update with no Python overhead at all
+would barely meet it; what remains is fewer or fused kernels, i.e. leaving torch's eager ops.
+
 Run:  python benchmarks/blpo_walltime.py [--quick] [--wall]   (--quick: fewer repeats, < 60 s;
       --wall: wall clock instead of this thread's CPU time)
 Ends with a ``RESULT`` line.
