@@ -9,7 +9,9 @@ Each run writes ``<out>/<env_id>__<algo>[__<overrides>]__steps<N>__seed<seed>.js
 (a uniquely named temporary file in the same folder, then ``os.replace``; strict JSON, no NaN),
 holding the full configuration, the learning curve (env steps, mean of the last 20 episode
 returns, wall time after every rollout), every completed training episode (env steps, return),
-the final return (mean of the last 20 training episodes) and the wall time.
+the final return (mean of the last 20 training episodes), the wall time and the CPU time (the
+process's CPU seconds during training: unlike the wall time, it does not grow when the run shares
+a busy machine or is paused; files written before it was recorded lack it).
 
 Resuming and safety: a run whose finished file holds the *same* configuration is skipped, so an
 interrupted command is resumed by running it again (the interrupted run starts over); a finished
@@ -338,6 +340,7 @@ def run_one(run: Run, progress: Any = None) -> dict:
         "config": cfg.to_dict(),
         "final_return": _finite_or_none(res.final_return),
         "wall_time": res.wall_time,
+        "cpu_time": res.cpu_time,
         "curve": {
             "steps": res.curve_steps,
             "return_last20": [

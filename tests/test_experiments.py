@@ -322,6 +322,30 @@ def test_train_leaves_torch_global_state_alone():
     assert torch.get_num_threads() == threads
 
 
+def test_cpu_time_is_recorded_and_does_not_count_waiting(tmp_path, monkeypatch):
+    """The results file records the run's CPU time beside its wall time; a run that waits (here a
+    callback that sleeps 0.3 s after each of its two rollouts, as a paused or starved run would)
+    has its wall time grow and its CPU time not."""
+    import time
+
+    real_train = experiments.train
+
+    def waiting_train(cfg, **kw):
+        inner = kw.pop("callback")
+
+        def callback(step, result):
+            inner(step, result)
+            time.sleep(0.3)
+
+        return real_train(cfg, callback=callback, **kw)
+
+    monkeypatch.setattr(experiments, "train", waiting_train)
+    runs = plan_runs(["ppo"], ["CartPole-v1"], [0], 2 * STEPS, tmp_path)
+    assert run_experiment(runs, progress=False) == {"run": 1, "skipped": 0, "locked": 0}
+    rec = load_results(tmp_path)[0]
+    assert 0 < rec["cpu_time"] and rec["wall_time"] >= rec["cpu_time"] + 0.5, rec
+
+
 def test_parallel_runs_on_ray_match_sequential_runs_and_write_nothing_home(tmp_path, monkeypatch):
     """Two runs on a local Ray instance (2 workers): the same records as sequential training, and
     no file under the home folder (Ray writes an auth token there by default)."""

@@ -65,7 +65,10 @@ class TrainResult:
             the first episode ends).
         diagnostics: per rollout update, the mean over its minibatch updates of every number the
             update returns (e.g. ``correction_ratio``, ``correction_cos`` for ``blpo-*``).
-        wall_time: total seconds. state: the trained :class:`TrainState`.
+        wall_time: total seconds. cpu_time: the CPU seconds the process used meanwhile (all its
+            threads: ``time.process_time``), which, unlike the wall time, does not count the
+            time the run waited for a busy core or was paused. state: the trained
+            :class:`TrainState`.
     """
 
     config: ACConfig
@@ -78,6 +81,7 @@ class TrainResult:
     curve_wall: list[float] = field(default_factory=list)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
     wall_time: float = 0.0
+    cpu_time: float = 0.0
     state: TrainState | None = None
 
     @property
@@ -266,6 +270,7 @@ def _train_seeded(
         pieces = cfg.batch_size // cfg.segment_length  # segments minibatches are drawn from
         per_mb = pieces // cfg.num_minibatches
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         collector.t0 = t0
         for it in range(cfg.num_updates):
             if cfg.anneal_lr:
@@ -294,6 +299,7 @@ def _train_seeded(
             if callback is not None:
                 callback(collector.global_step, result)
         result.wall_time = time.perf_counter() - t0
+        result.cpu_time = time.process_time() - cpu0
         return result
     finally:
         envs.close()
