@@ -635,7 +635,9 @@ def steps_to_threshold(record: dict, threshold: float) -> int | None:
 def summary_table(records: Sequence[dict]) -> list[dict]:
     """One row per ``(env_id, run_label)``: seeds, steps, final return (mean of the last 20
     training episodes) mean / std / min over seeds, mean wall time and its ratio to ``ppo``'s on
-    the same env (when ``ppo`` has results there)."""
+    the same env (when ``ppo`` has results there), and the same for the CPU time (``cpu_mean``,
+    ``cpu_ratio_to_ppo``: NaN unless every record of both groups has one; files written before
+    it was recorded lack it)."""
     import numpy as np
 
     groups = group_results(records)
@@ -645,6 +647,8 @@ def summary_table(records: Sequence[dict]) -> list[dict]:
         walls = np.array([r["wall_time"] for r in recs], dtype=float)
         ppo = groups.get((env, "ppo"))
         ppo_wall = float(np.mean([r["wall_time"] for r in ppo])) if ppo else float("nan")
+        cpu = _mean_cpu_time(recs)
+        ppo_cpu = _mean_cpu_time(ppo) if ppo else float("nan")
         rows.append(
             {
                 "env_id": env,
@@ -656,9 +660,19 @@ def summary_table(records: Sequence[dict]) -> list[dict]:
                 "final_min": float(finals.min()),
                 "wall_mean": float(walls.mean()),
                 "wall_ratio_to_ppo": float(walls.mean()) / ppo_wall,
+                "cpu_mean": cpu,
+                "cpu_ratio_to_ppo": cpu / ppo_cpu,
             }
         )
     return rows
+
+
+def _mean_cpu_time(records: Sequence[dict]) -> float:
+    """Mean ``cpu_time`` of the records, NaN if any lacks one."""
+    times = [r.get("cpu_time") for r in records]
+    if not times or any(t is None for t in times):
+        return float("nan")
+    return sum(times) / len(times)
 
 
 def _defined_curve(record: dict) -> tuple[Any, Any]:

@@ -1,6 +1,7 @@
 """Tests of the experiment command: resumability, atomic writes, clear errors."""
 
 import json
+import math
 import os
 
 import pytest
@@ -149,6 +150,15 @@ def test_summary_table_and_curve_band():
     assert rows["ppo"]["final_mean"] == 4.0 and rows["ppo"]["seeds"] == [0, 1]
     assert rows["ppo"]["final_std"] == pytest.approx(2**0.5)
     assert rows["blpo-nystrom__nystrom_rank=10"]["wall_ratio_to_ppo"] == pytest.approx(3.0)
+    # CPU time: NaN unless every record of both groups has one
+    assert all(math.isnan(r["cpu_ratio_to_ppo"]) for r in rows.values())
+    for r, cpu in zip(recs, (1.0, 3.0, 4.0), strict=True):
+        r["cpu_time"] = cpu
+    rows = {r["label"]: r for r in summary_table(recs)}
+    assert rows["ppo"]["cpu_mean"] == 2.0
+    assert rows["blpo-nystrom__nystrom_rank=10"]["cpu_ratio_to_ppo"] == pytest.approx(2.0)
+    del recs[1]["cpu_time"]
+    assert math.isnan(summary_table(recs)[0]["cpu_ratio_to_ppo"])
     band = curve_band(groups[("E", "ppo")])
     assert band.n == 2 and band.mean[2] == 4.0
     assert band.hi[2] - band.mean[2] == pytest.approx(12.706 * 2**0.5 / 2**0.5)
