@@ -53,6 +53,21 @@ def test_mlp_forward_and_vjp_match_autograd(critic64):
     torch.testing.assert_close(mlp_vjp(acts, dy[0]), got[0])
 
 
+def test_forward_reads_the_parameters_live_and_outside_autograd(critic64):
+    """mlp_forward works on detached views of the parameters: an in-place optimizer step shows
+    through (no stale copy), and nothing it returns is tracked by autograd, even with grad on."""
+    critic, x, targets, _ = critic64
+    opt = torch.optim.SGD(critic.parameters(), lr=0.1)
+    (critic(x) - targets).square().mean().backward()
+    opt.step()  # in place
+    with torch.enable_grad():
+        acts = mlp_forward(critic.net, x)
+        g = mse_grad(acts, targets)
+    torch.testing.assert_close(acts.y.squeeze(-1), critic(x).detach(), rtol=1e-14, atol=1e-15)
+    assert not acts.y.requires_grad and not g.requires_grad
+    assert acts.layers[1].weight.data_ptr() == critic.net[2].weight.data_ptr()
+
+
 def test_mse_grad_matches_autograd(critic64):
     critic, x, targets, _ = critic64
     ref = _flat(torch.autograd.grad(critic_loss(critic(x), targets), critic.parameters()))

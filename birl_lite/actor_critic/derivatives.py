@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,9 +39,20 @@ __all__ = [
 ]
 
 
-def _layers(net: torch.nn.Sequential) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]:
+class _Affine(NamedTuple):
+    """The weight and bias of one linear layer, detached from autograd (views of the same
+    memory, so an optimizer's in-place step shows through). Arithmetic on a parameter goes
+    through autograd's dispatch layer even under ``torch.no_grad()``; on the detached views it
+    does not, which makes every function below about a quarter faster, with the same numbers
+    bit for bit."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def _layers(net: torch.nn.Sequential) -> tuple[_Affine, _Affine, _Affine]:
     mods = list(net)
-    return mods[0], mods[2], mods[4]
+    return tuple(_Affine(m.weight.detach(), m.bias.detach()) for m in (mods[0], mods[2], mods[4]))
 
 
 def _tanh(z: torch.Tensor) -> torch.Tensor:
@@ -56,14 +68,15 @@ def _tanh(z: torch.Tensor) -> torch.Tensor:
 @dataclass
 class MLPActivations:
     """What backpropagation needs from a forward pass: input ``x [n, d]``, hidden activations
-    ``h1, h2 [n, H]``, output ``y [n, out]`` and the three linear layers of the network; and,
-    once :meth:`slopes` has computed them, the tanh slopes ``s1, s2 = 1 - h1^2, 1 - h2^2``."""
+    ``h1, h2 [n, H]``, output ``y [n, out]`` and the weights and biases of the three linear layers
+    (detached: ``_Affine``); and, once :meth:`slopes` has computed them, the tanh slopes
+    ``s1, s2 = 1 - h1^2, 1 - h2^2``."""
 
     x: torch.Tensor
     h1: torch.Tensor
     h2: torch.Tensor
     y: torch.Tensor
-    layers: tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]
+    layers: tuple[_Affine, _Affine, _Affine]
     s1: torch.Tensor | None = field(default=None, repr=False)
     s2: torch.Tensor | None = field(default=None, repr=False)
 
