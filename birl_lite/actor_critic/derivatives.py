@@ -28,6 +28,7 @@ import torch
 from .networks import Actor
 
 __all__ = [
+    "LayerParams",
     "MLPActivations",
     "MSEHessian",
     "mlp_forward",
@@ -39,20 +40,23 @@ __all__ = [
 ]
 
 
-class _Affine(NamedTuple):
-    """The weight and bias of one linear layer, detached from autograd (views of the same
-    memory, so an optimizer's in-place step shows through). Arithmetic on a parameter goes
-    through autograd's dispatch layer even under ``torch.no_grad()``; on the detached views it
-    does not, which makes every function below about a quarter faster, with the same numbers
-    bit for bit."""
+class LayerParams(NamedTuple):
+    """The weight ``[out, in]`` and bias ``[out]`` of one linear layer of the network, detached
+    from autograd: views of the parameters' memory, so an optimizer's in-place step shows
+    through (the ``layers`` of :class:`MLPActivations` are three of them). Arithmetic on a
+    parameter goes through autograd's dispatch layer even under ``torch.no_grad()``; on the
+    detached views it does not, which makes the critic's forward pass and gradient about a
+    quarter faster, with the same numbers bit for bit."""
 
     weight: torch.Tensor
     bias: torch.Tensor
 
 
-def _layers(net: torch.nn.Sequential) -> tuple[_Affine, _Affine, _Affine]:
+def _layers(net: torch.nn.Sequential) -> tuple[LayerParams, LayerParams, LayerParams]:
     mods = list(net)
-    return tuple(_Affine(m.weight.detach(), m.bias.detach()) for m in (mods[0], mods[2], mods[4]))
+    return tuple(
+        LayerParams(m.weight.detach(), m.bias.detach()) for m in (mods[0], mods[2], mods[4])
+    )
 
 
 def _tanh(z: torch.Tensor) -> torch.Tensor:
@@ -69,14 +73,14 @@ def _tanh(z: torch.Tensor) -> torch.Tensor:
 class MLPActivations:
     """What backpropagation needs from a forward pass: input ``x [n, d]``, hidden activations
     ``h1, h2 [n, H]``, output ``y [n, out]`` and the weights and biases of the three linear layers
-    (detached: ``_Affine``); and, once :meth:`slopes` has computed them, the tanh slopes
+    (detached: ``LayerParams``); and, once :meth:`slopes` has computed them, the tanh slopes
     ``s1, s2 = 1 - h1^2, 1 - h2^2``."""
 
     x: torch.Tensor
     h1: torch.Tensor
     h2: torch.Tensor
     y: torch.Tensor
-    layers: tuple[_Affine, _Affine, _Affine]
+    layers: tuple[LayerParams, LayerParams, LayerParams]
     s1: torch.Tensor | None = field(default=None, repr=False)
     s2: torch.Tensor | None = field(default=None, repr=False)
 
