@@ -1,10 +1,11 @@
 """The numbers that a task's reading in chapter 9, section 9.11 quotes, from ``results/mujoco``.
 
 For each algorithm: seeds present, final returns, their mean, the mean return at 200k steps and
-the wall time of each run in minutes; then the paired differences of section 9.7 (area under the
-whole curve and final return: mean, 95% half-width, seeds ahead, ties) for the comparisons the
-chapter tabulates, and the per-seed wall-time ratios to PPO. The chapter's hidden asserts check
-the same numbers; this script is for writing the text.
+the wall and CPU time of each run in minutes; then the paired differences of section 9.7 (area
+under the whole curve and final return: mean, 95% half-width, seeds ahead, ties) for the
+comparisons the chapter tabulates, and the per-seed ratios of wall and of CPU time to PPO's
+(where both runs have one: runs written before ``cpu_time`` was recorded lack it). The chapter's
+hidden asserts check the same numbers; this script is for writing the text.
 
 Run:  python tools/mujoco_numbers.py InvertedDoublePendulum-v5 [--dir results/mujoco]
 """
@@ -55,6 +56,7 @@ def main() -> None:
             f"  mean {np.mean(finals):.0f}  at 200k "
             f"{np.mean([curve_value_at(r, 200_000) for r in runs]):.0f}"
             f"  minutes {[round(r['wall_time'] / 60, 1) for r in runs]}"
+            f"  CPU minutes {[_cpu_minutes(r) for r in runs]}"
         )
     print(f"\n{'paired (a - b)':<18}{'n':>3}" + "".join(f"{m:>26}" for m in METRICS))
     for name, a, b in MAIN:
@@ -65,15 +67,21 @@ def main() -> None:
         rows = paired_table(A, B, METRICS, seeds=common)
         cells = "".join(f"{r.mean:+10.1f} ± {r.half:7.1f} >{r.wins} ={r.ties}" for r in rows)
         print(f"{name:<18}{len(common):>3}{cells}")
-    ppo = {r["seed"]: r["wall_time"] for r in groups.get((args.env, "ppo"), [])}
-    print("\nwall time / PPO's, per seed")
-    for algo in ALGOS[1:]:
-        ratios = [
-            f"{r['seed']}: {r['wall_time'] / ppo[r['seed']]:.2f}"
-            for r in groups.get((args.env, algo), [])
-            if r["seed"] in ppo
-        ]
-        print(f"{algo:<14} {', '.join(ratios)}")
+    ppo = {r["seed"]: r for r in groups.get((args.env, "ppo"), [])}
+    for key, what in (("wall_time", "wall time"), ("cpu_time", "CPU time")):
+        print(f"\n{what} / PPO's, per seed (where both runs have one)")
+        for algo in ALGOS[1:]:
+            ratios = [
+                f"{r['seed']}: {r[key] / ppo[r['seed']][key]:.2f}"
+                for r in groups.get((args.env, algo), [])
+                if r["seed"] in ppo and r.get(key) and ppo[r["seed"]].get(key)
+            ]
+            print(f"{algo:<14} {', '.join(ratios)}")
+
+
+def _cpu_minutes(record: dict) -> float | None:
+    cpu = record.get("cpu_time")
+    return None if cpu is None else round(cpu / 60, 1)
 
 
 if __name__ == "__main__":
