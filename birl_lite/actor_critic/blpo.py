@@ -64,6 +64,7 @@ __all__ = [
     "blpo_update",
     "clip_correction",
     "differentiable_gae",
+    "update_diagnostics",
 ]
 
 
@@ -415,8 +416,15 @@ def blpo_update(state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig) -
 
     # 6. ascent on the leader objective: gradient of -direction, clipped, Adam step
     adam_step_flat(state.actor_opt, state.actor_params, -d.direction, cfg.grad_clip_norm)
+    return update_diagnostics(d)
+
+
+def update_diagnostics(d: BLPODirection) -> dict[str, float]:
+    """The diagnostics :func:`blpo_update` returns for the direction ``d``: ``correction_scale``,
+    ``n_hvp`` and, with a correction, ``correction_ratio`` (``||c|| / ||grad_theta J||`` before
+    clipping) and ``correction_cos`` (``cos(c, grad_theta J)``)."""
     out = {"correction_scale": d.scale, "n_hvp": float(d.n_hvp)}
-    if d.correction_raw is not None:  # ||c|| / ||g|| before clipping, and cos(c, g)
+    if d.correction_raw is not None:
         g_norm = float(d.g_theta.norm())
         c_norm = float(d.correction_raw.norm())
         out["correction_ratio"] = c_norm / max(g_norm, 1e-30)

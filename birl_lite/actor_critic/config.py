@@ -22,6 +22,7 @@ from .._validation import check_choice
 __all__ = [
     "ALGOS",
     "AUTHORS_PRESET",
+    "BACKENDS",
     "CONTINUOUS_PER_ALGO",
     "CONTINUOUS_PRESET",
     "ENV_PRESETS",
@@ -59,6 +60,11 @@ MINIBATCHES = ("segments", "chunks", "transitions")
 
 #: Named settings (:attr:`ACConfig.preset`): ``"book"`` (the defaults) or ``"authors"``.
 PRESETS = ("book", "authors")
+
+#: Where the nested algorithms' update computes its derivatives (:attr:`ACConfig.backend`):
+#: torch (the default, bit for bit the committed runs) or numpy (the same numbers up to float32
+#: rounding, cheaper on small networks).
+BACKENDS = ("torch", "numpy")
 
 _AUTHORS_COMMON = {"anneal_lr": False, "clip_grad": False}
 
@@ -227,6 +233,13 @@ class ACConfig:
             the run's generator) or ``"fixed"`` (one draw for the whole run, as the authors'
             code, whose indices come from one fixed random key; here the draw is seeded by
             ``seed``). Only ``blpo-nystrom`` uses it.
+        backend: where the minibatch update of ``ppo-nested`` / ``blpo-*`` computes its
+            derivatives: ``"torch"`` (default; :func:`~birl_lite.actor_critic.blpo.blpo_update`,
+            which the committed runs used) or ``"numpy"``
+            (:func:`~birl_lite.actor_critic.blpo_numpy.blpo_update_numpy`: the same update with the
+            same formulas in numpy, about a third cheaper on 64-64 networks, equal up to float32
+            rounding, not bit for bit; chapter 9, "Where the time goes"). Not for ``ppo`` (its
+            update uses autograd) nor with ``ent_coef > 0``.
         preset: ``"book"`` (default) or ``"authors"``: :func:`make_config` then applies
             :data:`AUTHORS_PRESET` for ``algo``; a config labelled ``"authors"`` must hold those
             values (``ValueError`` naming the first that differs).
@@ -268,6 +281,7 @@ class ACConfig:
     preset: str = "book"
     minibatch: str = "segments"
     clip_reward: bool = False
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         check_choice(self.algo, "algo", ALGOS)
@@ -276,6 +290,17 @@ class ACConfig:
         check_choice(self.nystrom_indices, "nystrom_indices", NYSTROM_INDICES)
         check_choice(self.preset, "preset", PRESETS)
         check_choice(self.minibatch, "minibatch", MINIBATCHES)
+        check_choice(self.backend, "backend", BACKENDS)
+        if self.backend == "numpy" and self.algo == "ppo":
+            raise ValueError(
+                "backend='numpy' applies to the nested algorithms (ppo-nested, blpo-cg, "
+                "blpo-nystrom) only: ppo's update uses autograd"
+            )
+        if self.backend == "numpy" and self.ent_coef != 0:
+            raise ValueError(
+                f"backend='numpy' does not support an entropy bonus: ent_coef must be 0, got "
+                f"{self.ent_coef!r} (use backend='torch')"
+            )
         if self.minibatch == "transitions" and self.algo != "ppo":
             raise ValueError(
                 f"minibatch='transitions' applies to algo='ppo' only (the nested algorithms need "

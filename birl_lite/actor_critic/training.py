@@ -14,6 +14,7 @@ Pseudo-code::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from .blpo import blpo_update
+from .blpo_numpy import blpo_update_numpy
 from .config import ACConfig
 from .networks import Actor, Critic
 from .ppo import ppo_update
@@ -201,6 +204,10 @@ def minibatch(batch: dict[str, torch.Tensor], envs: torch.Tensor) -> dict[str, t
     return {k: (v[envs] if k.endswith("matrix") else v[:, envs]) for k, v in batch.items()}
 
 
+#: The nested algorithms' minibatch update per :attr:`ACConfig.backend`.
+_UPDATES = {"torch": blpo_update, "numpy": blpo_update_numpy}
+
+
 def train(
     cfg: ACConfig,
     *,
@@ -216,8 +223,9 @@ def train(
     Args:
         cfg: the hyperparameters.
         callback: called after every rollout update as ``callback(env_steps, result_so_far)``.
-        threads: ``torch.set_num_threads`` for the run (``None``: leave as is); the previous
-            thread count is restored afterwards, and torch's global random state too (the run
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is), and for
+            ``backend="numpy"`` numpy's BLAS threads too; the previous thread counts are
+            restored afterwards, and torch's global random state too (the run
             seeds a forked generator).
         update: a minibatch update ``update(state, minibatch, cfg)`` to use instead of the one
             ``cfg.algo`` selects (for variants such as the benchmark's hand-derived PPO); it
@@ -235,11 +243,25 @@ def train(
         torch.set_num_threads(int(threads))
     try:
         # seed a private copy of torch's global generator: the caller's random state is untouched
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _blas_threads(cfg, threads):
             torch.manual_seed(cfg.seed)
             return _train_seeded(cfg, callback, update)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _blas_threads(cfg: ACConfig, threads: int | None):
+    """For ``backend="numpy"``, numpy's BLAS limited to ``threads`` for the run (as torch's
+    thread count; restored afterwards); otherwise nothing."""
+    if cfg.backend != "numpy" or threads is None:
+        return contextlib.nullcontext()
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=int(threads), user_api="blas")
+
+
+_THREADPOOLS: ThreadpoolController | None = None
 
 
 def _train_seeded(
@@ -264,7 +286,7 @@ def _train_seeded(
         log = collector.episodes
         result = TrainResult(cfg, log.steps, log.returns, log.lengths, log.wall, state=state)
         if update is None:
-            update = ppo_update if cfg.algo == "ppo" else blpo_update
+            update = _UPDATES[cfg.backend] if cfg.algo != "ppo" else ppo_update
         nested = cfg.algo != "ppo"
         T = cfg.num_steps
         pieces = cfg.batch_size // cfg.segment_length  # segments minibatches are drawn from
