@@ -51,6 +51,8 @@ __all__ = [
     "blpo_update_numpy",
     "numpy_forward",
     "numpy_layers",
+    "numpy_policy_log_prob",
+    "numpy_policy_vjp",
 ]
 
 
@@ -245,26 +247,32 @@ class NumpyMSEHessian:
         return np.concatenate([g.reshape(k, -1) for g in parts], 1).T
 
 
-def _policy_log_prob(actor: Actor, out: np.ndarray, actions: np.ndarray, log_std):
-    """``log pi(a|s)`` ``[n]`` and what :func:`_policy_cotangent` needs, from the network's
-    output ``out`` (logits or Gaussian mean)."""
+def numpy_policy_log_prob(
+    actor: Actor, out: np.ndarray, actions: np.ndarray
+) -> tuple[np.ndarray, object]:
+    """:func:`~.derivatives.policy_log_prob` in numpy: ``log pi(a|s)`` ``[n]`` from the network's
+    output ``out [n, .]`` (logits or Gaussian mean) and ``actions`` (``[n]`` integers or
+    ``[n, act_dim]``), and what :func:`numpy_policy_vjp` needs (the softmax, or ``z`` and the
+    standard deviation)."""
     if actor.discrete:
         z = out - out.max(1, keepdims=True)
         ez = np.exp(z)
         se = ez.sum(1, keepdims=True)
         rows = np.arange(out.shape[0])
         return (z - np.log(se))[rows, actions], ez / se
+    log_std = actor.log_std.detach().numpy()
     std = np.exp(log_std)
     z = (actions - out) / std
     logp = (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     return logp, (z, std)
 
 
-def _policy_vjp(
-    actor: Actor, acts: NumpyActivations, actions: np.ndarray, aux, dlogp: np.ndarray
+def numpy_policy_vjp(
+    actor: Actor, acts: NumpyActivations, actions: np.ndarray, aux: object, dlogp: np.ndarray
 ) -> np.ndarray:
-    """:func:`~.derivatives.policy_vjp`: ``dlogp [B, n]`` -> ``[B, P]`` (``log_std`` first for a
-    Gaussian actor)."""
+    """:func:`~.derivatives.policy_vjp` in numpy: ``sum_i dlogp_i grad_theta log pi(a_i|s_i)``
+    for ``dlogp [B, n]``, returned as ``[B, P]`` (``log_std`` first for a Gaussian actor);
+    ``acts``: the actor network's activations, ``aux`` from :func:`numpy_policy_log_prob`."""
     if actor.discrete:
         g = -aux  # onehot(a) - softmax
         g[np.arange(g.shape[0]), actions] += 1.0
@@ -324,9 +332,8 @@ def blpo_direction_numpy(
         std = float(adv.std(ddof=1))
         adv_scale = 1.0 / (std + 1e-8)
         adv = (adv - adv.mean()) / (std + 1e-8)
-    log_std = None if actor.discrete else actor.log_std.detach().numpy()
     pol = numpy_forward(numpy_layers(actor.net), obs)
-    logp, aux = _policy_log_prob(actor, pol.y, actions, log_std)
+    logp, aux = numpy_policy_log_prob(actor, pol.y, actions)
     ratio = np.exp(logp - N["old_logp"].reshape(n))
     A = adv.reshape(n)
     clipped = np.clip(ratio, 1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
@@ -382,7 +389,7 @@ def blpo_direction_numpy(
             q = 2.0 * (dA * (values[0] - N["returns"]) + adv * dvv[0])
             cotangents.append(ratio * q.reshape(n))
 
-    grads = _policy_vjp(actor, pol, actions, aux, np.stack(cotangents))
+    grads = numpy_policy_vjp(actor, pol, actions, aux, np.stack(cotangents))
     g_theta = grads[0]
     if solver == "none":
         direction, parts, scale, n_hvp = g_theta, (None, None, None, None), 1.0, 0
