@@ -11,6 +11,9 @@ the BLPO update is broken into its parts:
   Nystrom iHVP, mixed term, clipping), of which ``nystrom_columns`` is the rank-5 Hessian
   columns ``H[:, K]`` alone (:meth:`~birl_lite.actor_critic.derivatives.MSEHessian.columns`);
 * the rest (the actor's step, diagnostics) is the difference;
+* ``blpo-numpy``: the same update with ``ACConfig(backend="numpy")``
+  (:func:`~birl_lite.actor_critic.blpo_numpy.blpo_update_numpy`: the same formulas in numpy,
+  equal up to float32 rounding);
 * ``blpo-reference``: the update composed as before the speedups of issue 14 (``Optimizer.step``
   for each of the four Adam steps through :func:`~birl_lite.actor_critic.ppo.step_flat`,
   :func:`~birl_lite.ihvp.ihvp_nystrom` with its argument and finiteness checks, the advantage
@@ -67,6 +70,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from birl_lite.actor_critic import make_config
 from birl_lite.actor_critic.blpo import (
@@ -77,6 +81,7 @@ from birl_lite.actor_critic.blpo import (
     clip_correction,
     differentiable_gae,
 )
+from birl_lite.actor_critic.blpo_numpy import blpo_update_numpy
 from birl_lite.actor_critic.derivatives import (
     MSEHessian,
     mlp_forward,
@@ -207,6 +212,7 @@ def main() -> None:
     clock = time.perf_counter if args.wall else time.thread_time
     repeats, calls = (5, 200) if args.quick else (15, 400)
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")  # numpy's BLAS too (the numpy backend)
     fresh_state, mbs, cfg = setup()
     ppo_cfg = make_config("ppo", "CartPole-v1")
     check_reference(fresh_state, mbs, cfg)
@@ -228,6 +234,7 @@ def main() -> None:
             "ppo": lambda mb: ppo_update(state, mb, ppo_cfg),
             "blpo-nystrom": lambda mb: blpo_update(state, mb, cfg),
             "blpo-reference": lambda mb: reference_update(state, mb, cfg),
+            "blpo-numpy": lambda mb: blpo_update_numpy(state, mb, cfg),
             "nesting": nesting,
             "direction": lambda mb: blpo_direction(state, mb, cfg),
             "nystrom_columns": columns,
@@ -253,10 +260,13 @@ def main() -> None:
     print(f"{'rest (actor step)':>18} {rest:10.3f}")
     ratio = med["blpo-nystrom"] / med["ppo"]
     ref_ratio = med["blpo-reference"] / med["ppo"]
+    np_ratio = med["blpo-numpy"] / med["ppo"]
     print(
         f"RESULT blpo_nystrom_over_ppo_update={ratio:.2f} (target <= 1.5 per training run; "
         f"{'met' if ratio <= 1.5 else 'not met'} per update) reference_over_ppo={ref_ratio:.2f} "
+        f"numpy_over_ppo={np_ratio:.2f} "
         f"blpo_ms={med['blpo-nystrom']:.3f} reference_ms={med['blpo-reference']:.3f} "
+        f"numpy_ms={med['blpo-numpy']:.3f} "
         f"ppo_ms={med['ppo']:.3f} direction_ms={med['direction']:.3f} "
         f"columns_ms={med['nystrom_columns']:.3f}"
     )
