@@ -1,5 +1,6 @@
 """Where a MuJoCo run's time goes (chapter 9, section 9.11): the rollout against the minibatch
-updates, for PPO, PPO-nested, BLPO-CG and BLPO-Nystrom with the continuous-control settings
+updates, for PPO, PPO-nested, BLPO-CG and BLPO-Nystrom (and BLPO-Nystrom with the numpy backend,
+``ACConfig(backend="numpy")``) with the continuous-control settings
 (``CONTINUOUS_PRESET``: one env, rollouts of 2,048 steps, 10 epochs of 32 minibatches), one thread.
 
 Each run is short (``--rollouts`` rollouts from a fresh start) and is timed by this thread's CPU
@@ -22,13 +23,18 @@ per run, 3 repeats), CPU seconds per run and ratio to PPO:
     HalfCheetah-v5              4.27  1.99 (46%)     1.00x        1.80x     1.46x
     InvertedDoublePendulum-v5   4.49  2.21 (49%)     1.07x        1.81x     1.46x
 
+A later run with the numpy backend's row (same machine, beside the sweep; ``python
+benchmarks/mujoco_split.py``, defaults): ratio to PPO of BLPO-Nystrom with the torch backend / with
+the numpy backend: Hopper-v5 1.49x / 1.16x, Walker2d-v5 1.35x / 1.06x, HalfCheetah-v5 1.58x /
+1.25x, InvertedDoublePendulum-v5 1.41x / 1.12x (the rollout 44-53% of PPO's run).
+
 The rollout, whose cost is the same for every algorithm, takes about half of PPO's run on these
 tasks; this is why BLPO-Nystrom's ratio is lower here than on CartPole (``benchmarks/blpo.py``).
 
 Run:  python benchmarks/mujoco_split.py [--quick] [--envs ENV ...] [--rollouts N] [--repeats R]
       (--quick: Hopper-v5, one rollout per run, two repeats, < 60 s)
-Ends with a ``RESULT`` line: per task, BLPO-Nystrom's CPU time over PPO's, and the rollout's
-share of PPO's run.
+Ends with a ``RESULT`` line: per task, BLPO-Nystrom's CPU time over PPO's (torch backend, then
+numpy backend), and the rollout's share of PPO's run.
 """
 
 from __future__ import annotations
@@ -38,20 +44,24 @@ import statistics
 import time
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from birl_lite.actor_critic import make_config, train
 from birl_lite.actor_critic.blpo import blpo_update
+from birl_lite.actor_critic.blpo_numpy import blpo_update_numpy
 from birl_lite.actor_critic.ppo import ppo_update
 
-ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom")
+ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom", "blpo-nystrom-numpy")
 ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "InvertedDoublePendulum-v5")
 
 
 def time_run(algo: str, env_id: str, rollouts: int, seed: int) -> tuple[float, float]:
     """(total, update) CPU seconds of this thread for one run of ``rollouts`` rollouts."""
-    cfg = make_config(algo, env_id, seed=seed)
-    cfg = make_config(algo, env_id, seed=seed, total_steps=rollouts * cfg.batch_size)
-    inner = ppo_update if algo == "ppo" else blpo_update
+    name, numpy_ = algo.removesuffix("-numpy"), algo.endswith("-numpy")
+    kw = {"backend": "numpy"} if numpy_ else {}
+    cfg = make_config(name, env_id, seed=seed, **kw)
+    cfg = make_config(name, env_id, seed=seed, total_steps=rollouts * cfg.batch_size, **kw)
+    inner = ppo_update if name == "ppo" else (blpo_update_numpy if numpy_ else blpo_update)
     spent = [0.0]
 
     def timed_update(state, mb, cfg):
@@ -79,10 +89,11 @@ def main() -> None:
             f"--rollouts and --repeats must be >= 1, got {args.rollouts}, {args.repeats}"
         )
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")  # numpy's BLAS (the numpy backend) in this thread
     for algo in ALGOS:  # warm-up, not timed
         time_run(algo, args.envs[0], 1, seed=0)
     result = []
-    print(f"{'task':<28}{'algorithm':<14}{'run s':>8}{'update s':>10}{'rollout s':>11}{'/ PPO':>7}")
+    print(f"{'task':<28}{'algorithm':<20}{'run s':>8}{'update s':>10}{'rollout s':>11}{'/ PPO':>7}")
     for env_id in args.envs:
         times: dict[str, list[tuple[float, float]]] = {algo: [] for algo in ALGOS}
         for rep in range(args.repeats):  # interleaved: every algorithm once per repeat
@@ -98,11 +109,12 @@ def main() -> None:
         for algo, (total, upd) in med.items():
             ratio = total / med["ppo"][0]
             print(
-                f"{env_id:<28}{algo:<14}{total:>8.2f}{upd:>10.2f}{total - upd:>11.2f}{ratio:>7.2f}"
+                f"{env_id:<28}{algo:<20}{total:>8.2f}{upd:>10.2f}{total - upd:>11.2f}{ratio:>7.2f}"
             )
         ppo_total, ppo_update_s = med["ppo"]
         result.append(
             f"{env_id} nystrom/ppo {med['blpo-nystrom'][0] / ppo_total:.2f}x "
+            f"numpy {med['blpo-nystrom-numpy'][0] / ppo_total:.2f}x "
             f"(rollout {1 - ppo_update_s / ppo_total:.0%} of ppo)"
         )
     print(
