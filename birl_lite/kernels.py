@@ -36,8 +36,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
-from threadpoolctl import ThreadpoolController
 
+from ._threads import blas_threads
 from .linear_solve import ConvergenceWarning, SolveResult, solve
 
 __all__ = [
@@ -273,17 +273,11 @@ def solve_policy_system(
         return again
 
 
-_THREADPOOLS: ThreadpoolController | None = None
-
-
 def _one_blas_thread():
     """One BLAS thread for the vector operations of Krylov methods on sparse systems: they are
     memory-bound, and BLAS threads competing with other processes made BiCGSTAB up to 10x slower
     on two busy cores (measured: 0.76 s vs 2-6 s on an 80,000-state maze)."""
-    global _THREADPOOLS
-    if _THREADPOOLS is None:
-        _THREADPOOLS = ThreadpoolController()
-    return _THREADPOOLS.limit(limits=1, user_api="blas")
+    return blas_threads(1)
 
 
 def policy_system_residual(

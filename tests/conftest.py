@@ -7,9 +7,24 @@
   ``pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -m ch03 tests chapters``.
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def critic64():
+    """A float64 critic (4 inputs, hidden width 16), 30 inputs, 30 targets and the generator
+    (the derivative tests of the torch and numpy backends)."""
+    from birl_lite.actor_critic.networks import Critic
+
+    gen = torch.Generator().manual_seed(0)
+    critic = Critic(4, 16, gen).double()
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    targets = torch.randn(30, generator=gen, dtype=torch.float64)
+    return critic, x, targets, gen
+
 
 #: test modules of each chapter (the notebook ``chapters/NN_*.ipynb`` is added automatically)
 CHAPTER_TESTS = {

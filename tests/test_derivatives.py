@@ -32,15 +32,6 @@ def _flat(grads):
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.fixture
-def critic64():
-    gen = torch.Generator().manual_seed(0)
-    critic = Critic(4, 16, gen).double()
-    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    targets = torch.randn(30, generator=gen, dtype=torch.float64)
-    return critic, x, targets, gen
-
-
 def test_mlp_forward_and_vjp_match_autograd(critic64):
     critic, x, _, gen = critic64
     acts = mlp_forward(critic.net, x)

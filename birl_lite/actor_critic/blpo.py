@@ -326,8 +326,7 @@ def blpo_direction(
     c_raw = grads[1]
     c, scale = clip_correction(c_raw, g_theta, cfg.correction_bound)
     if cfg.correction_control == "random":  # the control: a random direction of the same norm
-        z = torch.randn(c.shape, generator=_control_generator(state, cfg), dtype=c.dtype)
-        c = z * (c.norm() / z.norm().clamp_min(1e-30))
+        c = _random_control(state, cfg, c)
     direction = g_theta - c
     _check_direction(direction)
     return BLPODirection(g_theta, g_w, u, c_raw, c, scale, direction, n_hvp)
@@ -359,10 +358,7 @@ def _nystrom_ihvp(
     k = cfg.nystrom_rank if rank is None else rank
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= hessian.dim:
         raise ValueError(f"rank must be an integer in [1, {hessian.dim}], got {k!r}")
-    if cfg.nystrom_indices == "fixed":
-        K = _fixed_indices(state, cfg, hessian.dim)[:k]
-    else:
-        K = torch.randperm(hessian.dim, generator=state.gen)[:k]
+    K = _nystrom_indices(state, cfg, hessian.dim, k)
     C = hessian.columns(K)
     lam = cfg.nystrom_damping if damping is None else damping
     try:
@@ -374,6 +370,21 @@ def _nystrom_ihvp(
             ) from err
         raise
     return u, k
+
+
+def _nystrom_indices(state: TrainState, cfg: ACConfig, dim: int, k: int) -> torch.Tensor:
+    """The ``k`` Nystrom column indices of this update (``cfg.nystrom_indices``): a fresh draw
+    from ``state.gen``, or the first ``k`` of the run's fixed permutation."""
+    if cfg.nystrom_indices == "fixed":
+        return _fixed_indices(state, cfg, dim)[:k]
+    return torch.randperm(dim, generator=state.gen)[:k]
+
+
+def _random_control(state: TrainState, cfg: ACConfig, c: torch.Tensor) -> torch.Tensor:
+    """The control ``correction_control="random"``: a Gaussian direction with the norm of ``c``,
+    from the run's control generator."""
+    z = torch.randn(c.shape, generator=_control_generator(state, cfg), dtype=c.dtype)
+    return z * (c.norm() / z.norm().clamp_min(1e-30))
 
 
 def _fixed_indices(state: TrainState, cfg: ACConfig, dim: int) -> torch.Tensor:

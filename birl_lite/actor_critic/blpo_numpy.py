@@ -5,9 +5,10 @@ The same update as :func:`~birl_lite.actor_critic.blpo.blpo_update` (steps 1-6 o
 docstring, every option of ``ppo-nested``, ``blpo-cg`` and ``blpo-nystrom``), with the same
 formulas as :mod:`~birl_lite.actor_critic.derivatives` (backpropagation, its R-operator, the
 Hessian columns, the policy's score function) written against numpy arrays that are views of
-the networks' parameters. The Adam steps, the Nystrom index draws and the random control stay in
-torch (the same kernels and generators as the torch path), so the optimizers' state remains the
-torch optimizers'.
+the networks' parameters. The small steps that do not repeat per layer stay the torch path's own,
+called on zero-copy torch views of the numpy results: the surrogate's partial derivatives, the
+Nystrom indices and Woodbury solve, the clipping, the random control, the finiteness check and
+the Adam steps (so the optimizers' state remains the torch optimizers').
 
 Why a second implementation: on 64-64 networks every operation is tiny, and a numpy operation
 costs about a microsecond of overhead where a torch one costs several; the torch path's aten
@@ -31,15 +32,19 @@ import numpy as np
 import torch
 
 from ..ihvp import ihvp_cg
+from ..linear_solve import nystrom_woodbury
 from .blpo import (
     BLPODirection,
-    _control_generator,
-    _fixed_indices,
+    _check_direction,
+    _nystrom_indices,
+    _random_control,
     adam_step_flat,
+    clip_correction,
     update_diagnostics,
 )
 from .config import ACConfig
 from .networks import Actor
+from .ppo import surrogate_partials
 
 if TYPE_CHECKING:  # training imports this module
     from .training import TrainState
@@ -283,24 +288,6 @@ def numpy_policy_vjp(
     return np.concatenate([g_log_std, g_net], 1)
 
 
-def _woodbury(C: np.ndarray, M: np.ndarray, v: np.ndarray, damping: float) -> np.ndarray:
-    """:func:`~birl_lite.linear_solve.nystrom_woodbury` (``safeguard="eigh"``) in numpy."""
-    k = M.shape[0]
-    lam, U = np.linalg.eigh(0.5 * (M + M.T))
-    scale = float(np.abs(lam).max())
-    keep = lam > k * np.finfo(lam.dtype).eps * scale
-    if scale == 0.0 or not keep.any():
-        return v / damping
-    U, lam = U[:, keep], lam[keep]
-    Zt = (U.T @ C.T) / np.sqrt(lam)[:, None]
-    Q, sigma, _ = np.linalg.svd(Zt.T, full_matrices=False)
-    coef = Q.T @ v
-    u = Q @ (coef / (sigma * sigma + damping))
-    if Q.shape[1] < Q.shape[0]:
-        u += (v - Q @ coef) / damping
-    return u
-
-
 def blpo_direction_numpy(
     state: TrainState, mb: dict[str, torch.Tensor], cfg: ACConfig
 ) -> BLPODirection:
@@ -335,11 +322,12 @@ def blpo_direction_numpy(
     pol = numpy_forward(numpy_layers(actor.net), obs)
     logp, aux = numpy_policy_log_prob(actor, pol.y, actions)
     ratio = np.exp(logp - N["old_logp"].reshape(n))
-    A = adv.reshape(n)
-    clipped = np.clip(ratio, 1.0 - cfg.clip_coef, 1.0 + cfg.clip_coef)
-    unclipped = ratio * A <= clipped * A  # surrogate_partials
-    dJ_dratio = np.where(unclipped, A, 0.0) / n
-    dJ_dadv = np.where(unclipped, ratio, clipped) / n
+    dJ_dratio, dJ_dadv = (
+        t.numpy()
+        for t in surrogate_partials(
+            torch.from_numpy(ratio), torch.from_numpy(adv.reshape(n)), cfg.clip_coef
+        )
+    )
     cotangents = [dJ_dratio * ratio]
 
     solver = {"blpo-nystrom": "nystrom", "blpo-cg": "cg"}.get(cfg.algo, "none")
@@ -352,20 +340,16 @@ def blpo_direction_numpy(
         # 3. iHVP u ~ (H + nu I)^{-1} g_w
         hessian = NumpyMSEHessian(crit.rows(n), returns)
         if solver == "nystrom":
-            if cfg.nystrom_indices == "fixed":
-                K = _fixed_indices(state, cfg, hessian.dim)[: cfg.nystrom_rank]
-            else:
-                K = torch.randperm(hessian.dim, generator=state.gen)[: cfg.nystrom_rank]
-            K = K.tolist()
-            C = hessian.columns(K)
+            K = _nystrom_indices(state, cfg, hessian.dim, cfg.nystrom_rank).tolist()
+            C = torch.from_numpy(hessian.columns(K))
             try:
-                u = _woodbury(C, C[K, :], g_w, cfg.nystrom_damping)
-            except np.linalg.LinAlgError as err:  # eigh fails on NaN
+                u, _ = nystrom_woodbury(C, C[K, :], torch.from_numpy(g_w), cfg.nystrom_damping)
+            except torch.linalg.LinAlgError as err:  # eigh fails on NaN
                 raise FloatingPointError(
                     "the BLPO direction is not finite: the critic's Hessian columns contain NaN "
                     "or inf"
                 ) from err
-            n_hvp = cfg.nystrom_rank
+            u, n_hvp = u.numpy(), cfg.nystrom_rank
         else:
             res = ihvp_cg(
                 lambda v: torch.from_numpy(hessian.hvp_batch(v.numpy()[None])[0]),
@@ -389,35 +373,20 @@ def blpo_direction_numpy(
             q = 2.0 * (dA * (values[0] - N["returns"]) + adv * dvv[0])
             cotangents.append(ratio * q.reshape(n))
 
-    grads = numpy_policy_vjp(actor, pol, actions, aux, np.stack(cotangents))
+    # 5. from here on torch views of the numpy results: the torch path's own steps
+    grads = torch.from_numpy(numpy_policy_vjp(actor, pol, actions, aux, np.stack(cotangents)))
     g_theta = grads[0]
     if solver == "none":
-        direction, parts, scale, n_hvp = g_theta, (None, None, None, None), 1.0, 0
-    else:
-        # 5. clip the correction relative to the direct gradient
-        c_raw = grads[1]
-        c_norm, bound = (
-            float(np.linalg.norm(c_raw)),
-            cfg.correction_bound * float(np.linalg.norm(g_theta)),
-        )
-        c, scale = c_raw, 1.0
-        if c_norm > bound:
-            scale = bound / c_norm if c_norm > 0 else 0.0
-            c = c_raw * scale
-        if cfg.correction_control == "random":  # the control: a random vector of the same norm
-            gen = _control_generator(state, cfg)
-            z = torch.randn(c.shape, generator=gen, dtype=torch.from_numpy(c[:0]).dtype).numpy()
-            c = z * (np.linalg.norm(c) / max(float(np.linalg.norm(z)), 1e-30))
-        direction, parts = g_theta - c, (g_w, u, c_raw, c)
-    if not np.isfinite(direction).all():
-        raise FloatingPointError(
-            "the BLPO direction is not finite (NaN or inf in the policy gradient, the critic's "
-            "Hessian or the iHVP)"
-        )
-    g_w, u, c_raw, c = (None if x is None else torch.from_numpy(x) for x in parts)
-    return BLPODirection(
-        torch.from_numpy(g_theta), g_w, u, c_raw, c, scale, torch.from_numpy(direction), n_hvp
-    )
+        _check_direction(g_theta)
+        return BLPODirection(g_theta, None, None, None, None, 1.0, g_theta, 0)
+    c_raw = grads[1]
+    c, scale = clip_correction(c_raw, g_theta, cfg.correction_bound)
+    if cfg.correction_control == "random":  # the control: a random direction of the same norm
+        c = _random_control(state, cfg, c)
+    direction = g_theta - c
+    _check_direction(direction)
+    g_w, u = torch.from_numpy(g_w), torch.from_numpy(u)
+    return BLPODirection(g_theta, g_w, u, c_raw, c, scale, direction, n_hvp)
 
 
 def blpo_update_numpy(

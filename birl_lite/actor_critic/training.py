@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 
+from .._threads import blas_threads
 from .blpo import blpo_update
 from .blpo_numpy import blpo_update_numpy
 from .config import ACConfig
@@ -255,13 +255,7 @@ def _blas_threads(cfg: ACConfig, threads: int | None):
     thread count; restored afterwards); otherwise nothing."""
     if cfg.backend != "numpy" or threads is None:
         return contextlib.nullcontext()
-    global _THREADPOOLS
-    if _THREADPOOLS is None:
-        _THREADPOOLS = ThreadpoolController()
-    return _THREADPOOLS.limit(limits=int(threads), user_api="blas")
-
-
-_THREADPOOLS: ThreadpoolController | None = None
+    return blas_threads(threads)
 
 
 def _train_seeded(
