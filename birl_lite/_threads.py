@@ -3,12 +3,14 @@ package; building one inspects every loaded library, so it is built once)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from threadpoolctl import ThreadpoolController
 
 _CONTROLLER: ThreadpoolController | None = None
 
 
-def blas_threads(limit: int):
+def blas_threads(limit: int) -> AbstractContextManager:
     """A context manager that limits the BLAS libraries numpy uses to ``limit`` threads and
     restores the previous counts on exit."""
     global _CONTROLLER

@@ -250,7 +250,7 @@ def train(
         torch.set_num_threads(previous_threads)
 
 
-def _blas_threads(cfg: ACConfig, threads: int | None):
+def _blas_threads(cfg: ACConfig, threads: int | None) -> contextlib.AbstractContextManager:
     """For ``backend="numpy"``, numpy's BLAS limited to ``threads`` for the run (as torch's
     thread count; restored afterwards); otherwise nothing."""
     if cfg.backend != "numpy" or threads is None:
