@@ -15,6 +15,7 @@ from birl_lite.actor_critic.blpo_numpy import (
     NumpyMSEHessian,
     blpo_direction_numpy,
     blpo_update_numpy,
+    clip_grad_norm_numpy,
     numpy_forward,
     numpy_layers,
 )
@@ -138,7 +139,24 @@ def test_float32_updates_follow_the_torch_updates(algo, env_id, kw):
         assert float((p - q).abs().max()) <= 1e-4 * float(p.abs().max())
     # the control: the networks moved much more than that
     fresh = _setup(algo, env_id, **kw)[2]
-    assert float((fresh.critic_params[0] - state.critic_params[0]).abs().max()) > 1e-3
+    assert float((fresh.critic_params[0] - state.critic_params[0]).detach().abs().max()) > 1e-3
+
+
+def test_clip_grad_norm_numpy_is_adam_step_flats_clipping():
+    """The numpy clipping equals the torch path's formula (adam_step_flat) to float32 rounding:
+    long gradients scaled to ``max_norm``, short ones and ``max_norm=None`` left alone; the norm
+    does not overflow in float32."""
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 10.0):
+        g = (scale * rng.standard_normal(4545)).astype(np.float32)
+        t = torch.from_numpy(g)
+        want = (t * (0.5 / (t.norm() + 1e-6)).clamp(max=1.0)).numpy()
+        got = clip_grad_norm_numpy(g, 0.5)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert clip_grad_norm_numpy(g, None) is g
+    huge = np.full(100, 1e30, dtype=np.float32)  # ||huge||^2 = 1e62 overflows float32
+    assert np.linalg.norm(clip_grad_norm_numpy(huge, 0.5).astype(np.float64)) == pytest.approx(0.5)
 
 
 def test_config_checks_the_backend():

@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.optim.optimizer as _optimizer_module
 
@@ -332,10 +333,16 @@ def blpo_direction(
     return BLPODirection(g_theta, g_w, u, c_raw, c, scale, direction, n_hvp)
 
 
-def _check_direction(direction: torch.Tensor) -> None:
+def _check_direction(direction: torch.Tensor | np.ndarray) -> None:
     """The one finiteness check of the update (the iHVP's inputs and Hessian columns are not
-    checked one by one on this path: a NaN or inf anywhere upstream reaches the direction)."""
-    if not bool(torch.isfinite(direction).all()):
+    checked one by one on this path: a NaN or inf anywhere upstream reaches the direction).
+    Takes a tensor or, on the numpy backend, an array (one numpy call instead of three torch
+    ones)."""
+    if isinstance(direction, np.ndarray):
+        finite = bool(np.isfinite(direction).all())
+    else:
+        finite = bool(torch.isfinite(direction).all())
+    if not finite:
         raise FloatingPointError(
             "the BLPO direction is not finite (NaN or inf in the policy gradient, the critic's "
             "Hessian or the iHVP)"
