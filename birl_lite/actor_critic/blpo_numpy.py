@@ -7,8 +7,10 @@ formulas as :mod:`~birl_lite.actor_critic.derivatives` (backpropagation, its R-o
 Hessian columns, the policy's score function) written against numpy arrays that are views of
 the networks' parameters. The small steps that do not repeat per layer stay the torch path's own,
 called on zero-copy torch views of the numpy results: the surrogate's partial derivatives, the
-Nystrom indices and Woodbury solve, the clipping, the random control, the finiteness check and
-the Adam steps (so the optimizers' state remains the torch optimizers').
+Nystrom indices and Woodbury solve, the clipping of the correction, the random control and
+the Adam steps (so the optimizers' state remains the torch optimizers'). The gradient-norm
+clipping before each Adam step (:func:`clip_grad_norm_numpy`) and the finiteness check run on
+the numpy arrays: in torch they are several tiny operations each.
 
 Why a second implementation: on 64-64 networks every operation is tiny, and a numpy operation
 costs about a microsecond of overhead where a torch one costs several; the torch path's aten
