@@ -60,8 +60,8 @@ The numpy implementation now exists as an option, ``ACConfig(backend="numpy")``
 (:mod:`birl_lite.actor_critic.blpo_numpy`). Same machine, sweep paused, full
 ``benchmarks/blpo.py`` (100k steps, three interleaved repeats): BLPO-Nystrom 32.45 s with the torch
 backend, 21.84 s with the numpy one, our PPO 16.71 s: 1.94x and 1.31x, so in that run the numpy
-backend met the 1.5x target. Like for like it does not: against PPO written by hand in numpy (10.13 s) the
-ratio is 2.15x (2.40x for the torch pair). Per update (this script, ``--quick``, the sweep
+backend met the 1.5x target. Like for like it does not: against PPO written by hand in numpy
+(10.13 s) the ratio is 2.15x (2.40x for the torch pair). Per update (this script, ``--quick``, the sweep
 running): PPO 3.29 ms, BLPO-Nystrom 8.37 ms with torch, 5.31 ms with numpy (1.61x PPO).
 Two more full runs (same machine, nothing else running): our PPO 14.04 s, numpy BLPO-Nystrom
 21.83 s (1.87x torch, 1.56x numpy); then, with the numpy path's gradient clipping done in numpy

@@ -60,6 +60,7 @@ __all__ = [
     "config_difference",
     "is_finished_file",
     "parse_seeds",
+    "per_seed_ratios",
     "run_claimed_file",
     "run_on_ray",
     "PairedRow",
@@ -665,6 +666,24 @@ def summary_table(records: Sequence[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def per_seed_ratios(
+    records: Sequence[dict], baseline: Sequence[dict], key: str
+) -> list[float | None]:
+    """Each record's ``key`` (``"wall_time"`` or ``"cpu_time"``) over that of the ``baseline``
+    run with the same seed (chapter 9, section 9.11: costs compared seed by seed, each pair run
+    under one load), in the order of ``records``; ``None`` where either run lacks the field
+    (files written before ``cpu_time`` was recorded).
+
+    Raises:
+        ValueError: a seed of ``records`` has no run in ``baseline``.
+    """
+    base = {r["seed"]: r.get(key) for r in baseline}
+    missing = sorted({r["seed"] for r in records} - set(base))
+    if missing:
+        raise ValueError(f"baseline has no run for seed(s) {missing}")
+    return [r[key] / base[r["seed"]] if r.get(key) and base[r["seed"]] else None for r in records]
 
 
 def _mean_cpu_time(records: Sequence[dict]) -> float:

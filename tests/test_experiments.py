@@ -398,3 +398,14 @@ def test_parse_seeds_ranges_and_lists():
 
     assert parse_seeds(["0-3"]) == [0, 1, 2, 3]
     assert parse_seeds(["5", "7-8"]) == [5, 7, 8]
+
+
+def test_per_seed_ratios_pair_by_seed_and_skip_missing_fields():
+    from birl_lite.experiments import per_seed_ratios
+
+    base = [{"seed": 0, "wall_time": 10.0}, {"seed": 1, "wall_time": 20.0, "cpu_time": 8.0}]
+    recs = [{"seed": 1, "wall_time": 30.0, "cpu_time": 12.0}, {"seed": 0, "wall_time": 15.0}]
+    assert per_seed_ratios(recs, base, "wall_time") == [1.5, 1.5]  # paired by seed, not position
+    assert per_seed_ratios(recs, base, "cpu_time") == [1.5, None]
+    with pytest.raises(ValueError, match=r"seed\(s\) \[2\]"):
+        per_seed_ratios([{"seed": 2, "wall_time": 1.0}], base, "wall_time")

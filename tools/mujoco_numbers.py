@@ -22,6 +22,7 @@ from birl_lite.experiments import (
     group_results,
     load_results,
     paired_table,
+    per_seed_ratios,
 )
 
 ALGOS = ("ppo", "ppo-nested", "blpo-cg", "blpo-nystrom")
@@ -67,16 +68,15 @@ def main() -> None:
         rows = paired_table(A, B, METRICS, seeds=common)
         cells = "".join(f"{r.mean:+10.1f} ± {r.half:7.1f} >{r.wins} ={r.ties}" for r in rows)
         print(f"{name:<18}{len(common):>3}{cells}")
-    ppo = {r["seed"]: r for r in groups.get((args.env, "ppo"), [])}
+    ppo = groups.get((args.env, "ppo"), [])
+    ppo_seeds = {r["seed"] for r in ppo}
     for key, what in (("wall_time", "wall time"), ("cpu_time", "CPU time")):
         print(f"\n{what} / PPO's, per seed (where both runs have one)")
         for algo in ALGOS[1:]:
-            ratios = [
-                f"{r['seed']}: {r[key] / ppo[r['seed']][key]:.2f}"
-                for r in groups.get((args.env, algo), [])
-                if r["seed"] in ppo and r.get(key) and ppo[r["seed"]].get(key)
-            ]
-            print(f"{algo:<14} {', '.join(ratios)}")
+            runs = [r for r in groups.get((args.env, algo), []) if r["seed"] in ppo_seeds]
+            ratios = per_seed_ratios(runs, ppo, key)
+            cells = [f"{r['seed']}: {x:.2f}" for r, x in zip(runs, ratios, strict=True) if x]
+            print(f"{algo:<14} {', '.join(cells)}")
 
 
 def _cpu_minutes(record: dict) -> float | None:

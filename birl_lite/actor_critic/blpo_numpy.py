@@ -421,8 +421,11 @@ def clip_grad_norm_numpy(flat: np.ndarray, max_norm: float | None) -> np.ndarray
     """The gradient clipping of :func:`~birl_lite.actor_critic.blpo.adam_step_flat` in numpy:
     ``flat * min(1, max_norm / (||flat|| + 1e-6))`` (``max_norm=None``: ``flat`` unchanged),
     the norm accumulated in float64. One BLAS call where the torch path takes five torch
-    operations (about 80 microseconds on 64-64 networks: a sixth of a numpy update's Adam
-    steps). ``flat [P]``; returns ``[P]``, a new array when scaled."""
+    operations (on the critic's 4,545 parameters, measured: an Adam step with the torch clipping
+    199 us, without it 112 us). ``flat [P]``; returns ``[P]``, a new array when scaled.
+    The formula is the torch path's, evaluated in numpy; it stays a second copy because changing
+    :func:`~birl_lite.actor_critic.blpo.adam_step_flat`'s rounding would change the committed
+    torch runs."""
     if max_norm is None:
         return flat
     f64 = flat.astype(np.float64)
